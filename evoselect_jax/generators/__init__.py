@@ -1,0 +1,3 @@
+"""Generators: each module registers its builders in ``registry.GENERATORS`` on import."""
+
+from evoselect_jax.generators import simulated  # noqa: F401
