@@ -1,0 +1,320 @@
+"""A Llama-family decoder in Flax linen, with LoRA adapters in their own collection.
+
+Covers Llama 2/3, Qwen2 (``attention_bias=True``) and SmolLM: RMSNorm, rotary position
+embeddings (Su et al. 2021, "RoFormer", in the Hugging Face "rotate_half" layout),
+grouped-query causal self-attention (Ainslie et al. 2023, "GQA"), a SwiGLU MLP
+(Shazeer 2020, "GLU Variants Improve Transformer") and LoRA (Hu et al. 2021, "LoRA:
+Low-Rank Adaptation of Large Language Models").
+
+Parameter names follow the Hugging Face checkpoints so that an importer only renames
+leaves and transposes kernels:
+
+  HF name                                  here (collection ``params``)
+  model.embed_tokens.weight [V, d]         embed_tokens/embedding [V, d]
+  model.layers.{i}.self_attn.q_proj.weight layers_{i}/self_attn/q_proj/kernel [in, out]
+  (likewise k/v/o_proj, mlp.{gate,up,down}_proj; ``.bias`` -> bias)
+  model.layers.{i}.input_layernorm.weight  layers_{i}/input_layernorm/scale [d]
+  model.norm.weight                        norm/scale [d]
+  lm_head.weight [V, d] (untied only)      lm_head/kernel [d, V]
+
+LoRA factors live in the collection ``lora`` under the same module path
+(``layers_{i}/self_attn/q_proj/{lora_a [in, r], lora_b [r, out]}``), so a gradient
+can be taken w.r.t. the adapters alone: ``jax.grad(lambda lora: loss(apply(config,
+params, lora, ...)))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Architecture of a Llama-family decoder; hashable, so it can be a static jit argument.
+
+  Attributes:
+    vocab_size: number of token ids V.
+    hidden_size: model width d.
+    intermediate_size: hidden width of the SwiGLU MLP.
+    num_layers: number of decoder blocks.
+    num_heads: query heads.
+    num_kv_heads: key/value heads (grouped-query attention); divides ``num_heads``.
+    head_dim: per-head width; ``None`` means ``hidden_size // num_heads``.
+    rope_theta: RoPE base.
+    rms_norm_eps: epsilon inside RMSNorm.
+    tie_word_embeddings: use the embedding matrix as the output projection.
+    attention_bias: biases on q/k/v projections (Qwen2).
+    lora_rank: rank r of every LoRA adapter.
+    lora_alpha: LoRA scale numerator; the update is ``(alpha / r) * x A B``.
+    lora_targets: which projections get adapters, a subset of ``PROJECTIONS``.
+    dtype: compute dtype, ``"float32"`` or ``"bfloat16"``; parameters are stored in
+      float32 and logits are returned in float32.
+  """
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-5
+  tie_word_embeddings: bool = True
+  attention_bias: bool = False
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"LlamaConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+      raise ValueError(
+        f"LlamaConfig.num_kv_heads={self.num_kv_heads} must be >= 1 and divide "
+        f"num_heads={self.num_heads}"
+      )
+    if self.head_dim is None:
+      if self.hidden_size % self.num_heads:
+        raise ValueError(
+          f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+          "set head_dim explicitly"
+        )
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if self.head_dim < 2 or self.head_dim % 2:
+      raise ValueError(f"LlamaConfig.head_dim must be even and >= 2 for RoPE, got {self.head_dim}")
+    if self.lora_rank < 1:
+      raise ValueError(f"LlamaConfig.lora_rank must be >= 1, got {self.lora_rank}")
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+    unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
+    if unknown:
+      raise ValueError(f"Unknown lora_targets {unknown}; valid: {', '.join(PROJECTIONS)}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"LlamaConfig.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    """The jnp dtype named by ``dtype``."""
+    return DTYPES[self.dtype]
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm (Zhang & Sennrich 2019), statistics in float32 as in HF."""
+
+  eps: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Normalises ``x [..., d]`` over its last axis."""
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * x32.astype(self.dtype)
+
+
+class Projection(nn.Module):
+  """``x W (+ b)``, plus the LoRA update ``(alpha / r) x A B`` when ``use_lora``."""
+
+  features: int
+  use_bias: bool
+  use_lora: bool
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps ``x [..., in]`` to ``[..., features]`` in the compute dtype."""
+    dtype, fan_in = self.config.compute_dtype, x.shape[-1]
+    kernel = self.param(
+      "kernel", nn.initializers.normal(0.02), (fan_in, self.features), jnp.float32
+    )
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
+    if self.use_lora:
+      rank = self.config.lora_rank
+      # A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming-uniform with a=sqrt(5)); B = 0.
+      bound = 1.0 / math.sqrt(fan_in)
+      a = self.variable(
+        "lora",
+        "lora_a",
+        lambda: jax.random.uniform(
+          self.make_rng("params"), (fan_in, rank), jnp.float32, -bound, bound
+        ),
+      ).value
+      b = self.variable("lora", "lora_b", jnp.zeros, (rank, self.features), jnp.float32).value
+      scale = self.config.lora_alpha / rank
+      y = y + scale * jnp.dot(jnp.dot(x.astype(dtype), a.astype(dtype)), b.astype(dtype))
+    return y
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+  """``[x1, x2] -> [-x2, x1]`` over the last axis (the HF RoPE layout)."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding of ``x [b, t, heads, hd]`` at ``positions int32[b, t]``."""
+  hd = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, hd/2]
+  angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [b, t, 1, hd]
+  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+  return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+  """Causal grouped-query self-attention with RoPE; softmax in float32."""
+
+  config: LlamaConfig
+  use_lora: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """``x [b, t, d]``, ``positions int32[b, t]``, ``mask bool[b, t, t]`` -> ``[b, t, d]``."""
+    c = self.config
+    b, t, _ = x.shape
+    kv, groups, hd = c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim
+
+    def proj(name, features, bias):
+      lora = self.use_lora and name in c.lora_targets
+      return Projection(features, bias, lora, c, name=name)
+
+    q = proj("q_proj", c.num_heads * hd, c.attention_bias)(x).reshape(b, t, c.num_heads, hd)
+    k = proj("k_proj", kv * hd, c.attention_bias)(x).reshape(b, t, kv, hd)
+    v = proj("v_proj", kv * hd, c.attention_bias)(x).reshape(b, t, kv, hd)
+    q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+    q = q.reshape(b, t, kv, groups, hd)  # head h = kv_head * groups + g, as HF repeat_kv.
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, c.num_heads * hd)
+    return proj("o_proj", c.hidden_size, False)(out)
+
+
+class MLP(nn.Module):
+  """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+  config: LlamaConfig
+  use_lora: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``x [b, t, d]`` -> ``[b, t, d]``."""
+    c = self.config
+
+    def proj(name, features):
+      return Projection(features, False, self.use_lora and name in c.lora_targets, c, name=name)
+
+    h = nn.silu(proj("gate_proj", c.intermediate_size)(x)) * proj("up_proj", c.intermediate_size)(x)
+    return proj("down_proj", c.hidden_size)(h)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+  config: LlamaConfig
+  use_lora: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """``x [b, t, d]`` -> ``[b, t, d]``."""
+    c = self.config
+    norm = lambda name: RMSNorm(c.rms_norm_eps, c.compute_dtype, name=name)
+    x = x + Attention(c, self.use_lora, name="self_attn")(
+      norm("input_layernorm")(x), positions, mask
+    )
+    return x + MLP(c, self.use_lora, name="mlp")(norm("post_attention_layernorm")(x))
+
+
+class Llama(nn.Module):
+  """Decoder-only language model; ``use_lora`` adds the ``lora`` collection."""
+
+  config: LlamaConfig
+  use_lora: bool
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      tokens: int32[b, t] token ids.
+      attention_mask: bool[b, t], true on real tokens; ``None`` means all real. Padding
+        may sit on either side: positions count real tokens only (cumsum of the mask),
+        and padded keys are never attended to. Logits at padded positions are finite
+        but meaningless.
+
+    Returns:
+      float32[b, t, V] logits; position i scores token i + 1.
+    """
+    c = self.config
+    if attention_mask is None:
+      attention_mask = jnp.ones(tokens.shape, bool)
+    attention_mask = attention_mask.astype(bool)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    t = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal[None] & attention_mask[:, None, :]  # [b, q, k]
+
+    embed = nn.Embed(
+      c.vocab_size, c.hidden_size, embedding_init=nn.initializers.normal(0.02), name="embed_tokens"
+    )
+    x = embed(tokens).astype(c.compute_dtype)
+    for i in range(c.num_layers):
+      x = DecoderLayer(c, self.use_lora, name=f"layers_{i}")(x, positions, mask)
+    x = RMSNorm(c.rms_norm_eps, c.compute_dtype, name="norm")(x)
+    if c.tie_word_embeddings:
+      head = embed.embedding.T
+    else:
+      head = self.param(
+        "lm_head", nn.initializers.normal(0.02), (c.hidden_size, c.vocab_size), jnp.float32
+      )
+    return jnp.dot(x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
+
+
+def init(config: LlamaConfig, key: jax.Array, seq_len: int = 8) -> tuple[dict, dict]:
+  """Random parameters and LoRA adapters (B = 0, so the adapted model equals the base).
+
+  Args:
+    config: the architecture.
+    key: PRNG key.
+    seq_len: length of the dummy sequence used to trace the model.
+
+  Returns:
+    ``(params, lora)``: the ``params`` and ``lora`` collections.
+  """
+  model = Llama(config, use_lora=True)
+  variables = jax.jit(model.init)(key, jnp.zeros((1, seq_len), jnp.int32))
+  return variables["params"], variables["lora"]
+
+
+def apply(
+  config: LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  tokens: jax.Array,
+  attention_mask: jax.Array | None = None,
+) -> jax.Array:
+  """Logits ``float32[b, t, V]`` for ``tokens int32[b, t]``; pure and jit-friendly.
+
+  Args:
+    config: the architecture (static under jit).
+    params: the ``params`` collection.
+    lora: the ``lora`` collection, or ``None`` for the base model without adapters.
+    tokens: int32[b, t].
+    attention_mask: bool[b, t] or ``None``; see :meth:`Llama.__call__`.
+  """
+  variables = {"params": params} if lora is None else {"params": params, "lora": lora}
+  return Llama(config, use_lora=lora is not None).apply(variables, tokens, attention_mask)

@@ -1,0 +1,229 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evoselect_jax.models import PROJECTIONS, LlamaConfig, apply, init
+
+apply_jit = jax.jit(apply, static_argnums=0)
+
+# Small odd shapes: GQA with 6 query heads on 2 kv heads, head_dim 4, vocab 37.
+CONFIG = LlamaConfig(
+  vocab_size=37,
+  hidden_size=24,
+  intermediate_size=40,
+  num_layers=2,
+  num_heads=6,
+  num_kv_heads=2,
+  lora_rank=3,
+  lora_alpha=5.0,
+)
+
+
+def random_tree(tree, seed, scale=0.3):
+  """Gaussian noise shaped like ``tree`` (numpy, so no per-shape compilation)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: (scale * rng.normal(size=x.shape)).astype(np.float32), tree)
+
+
+@functools.cache
+def model(config=CONFIG):
+  """Params with random (not identity) norms, and LoRA with nonzero B."""
+  params, lora = init(config, jax.random.key(0))
+  params = jax.tree.map(lambda x, r: np.asarray(x) + r, params, random_tree(params, 1, 0.1))
+  return params, random_tree(lora, 2)
+
+
+def tokens(shape, seed=3):
+  return jax.random.randint(jax.random.key(seed), shape, 0, CONFIG.vocab_size, jnp.int32)
+
+
+def test_config_validation():
+  assert CONFIG.head_dim == 4
+  with pytest.raises(ValueError, match="num_kv_heads=4"):
+    LlamaConfig(37, 24, 40, 2, num_heads=6, num_kv_heads=4)
+  with pytest.raises(ValueError, match="'qproj'"):
+    LlamaConfig(37, 24, 40, 2, 6, 2, lora_targets=("qproj",))
+  with pytest.raises(ValueError, match="'float16'"):
+    LlamaConfig(37, 24, 40, 2, 6, 2, dtype="float16")
+  with pytest.raises(ValueError, match="head_dim"):
+    LlamaConfig(37, 25, 40, 2, 6, 2)
+  assert hash(LlamaConfig(37, 24, 40, 2, 6, 2, lora_targets=["q_proj"])) is not None
+
+
+def test_shapes_and_collections():
+  params, lora = init(CONFIG, jax.random.key(0))
+  attn = params["layers_1"]["self_attn"]
+  assert attn["q_proj"]["kernel"].shape == (24, 24)
+  assert attn["k_proj"]["kernel"].shape == (24, 8)  # 2 kv heads x head_dim 4.
+  assert params["embed_tokens"]["embedding"].shape == (37, 24)
+  assert "lm_head" not in params
+  assert set(lora["layers_0"]["self_attn"]) == {"q_proj", "v_proj"}
+  assert lora["layers_0"]["self_attn"]["v_proj"]["lora_a"].shape == (24, 3)
+  assert lora["layers_0"]["self_attn"]["v_proj"]["lora_b"].shape == (3, 8)
+  assert not np.any(lora["layers_0"]["self_attn"]["v_proj"]["lora_b"])
+  logits = apply_jit(CONFIG, params, lora, tokens((2, 7)))
+  assert logits.shape == (2, 7, 37) and logits.dtype == jnp.float32
+
+
+def test_zero_lora_b_equals_base_model():
+  params, lora = init(CONFIG, jax.random.key(0))
+  x = tokens((3, 5))
+  np.testing.assert_array_equal(
+    apply_jit(CONFIG, params, lora, x), apply_jit(CONFIG, params, None, x)
+  )
+
+
+def merge(config, params, lora):
+  """Base params with W + (alpha / r) A B on every adapted projection."""
+  scale = config.lora_alpha / config.lora_rank
+  merged = jax.tree.map(np.asarray, params)
+  for layer, modules in lora.items():
+    for group, projs in modules.items():
+      for name, ab in projs.items():
+        w = merged[layer][group][name]["kernel"]
+        merged[layer][group][name]["kernel"] = w + scale * np.asarray(ab["lora_a"]) @ ab["lora_b"]
+  return merged
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("k_proj", "o_proj", "down_proj")])
+def test_lora_equals_merged_weights(targets):
+  config = LlamaConfig(37, 24, 40, 2, 6, 2, lora_rank=3, lora_alpha=5.0, lora_targets=targets)
+  params, lora = model(config)
+  assert {n for layer in lora.values() for g in layer.values() for n in g} == set(targets)
+  x = tokens((2, 6))
+  want = apply_jit(config, merge(config, params, lora), None, x)
+  got = apply_jit(config, params, lora, x)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+  assert not np.allclose(got, apply_jit(config, params, None, x), atol=1e-3)
+
+
+def test_lora_gradient_is_separate_collection():
+  params, lora = model()
+  x = tokens((2, 5))
+  grads = jax.jit(jax.grad(lambda lo: jnp.sum(apply(CONFIG, params, lo, x) ** 2)))(lora)
+  assert jax.tree.structure(grads) == jax.tree.structure(lora)
+  assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_causal():
+  params, lora = model()
+  x = tokens((2, 9))
+  y = x.at[:, 6].set((x[:, 6] + 1) % CONFIG.vocab_size)
+  a, b = apply_jit(CONFIG, params, lora, x), apply_jit(CONFIG, params, lora, y)
+  np.testing.assert_array_equal(a[:, :6], b[:, :6])
+  assert not np.allclose(a[:, 6:], b[:, 6:])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_unpadded_rows(side):
+  params, lora = model()
+  lengths, t = [7, 3, 5], 7
+  x = np.zeros((3, t), np.int32)
+  mask = np.zeros((3, t), bool)
+  rows = [np.asarray(tokens((1, n), seed=10 + i))[0] for i, n in enumerate(lengths)]
+  for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+    sl = slice(t - n, t) if side == "left" else slice(0, n)
+    x[i, sl], mask[i, sl] = row, True
+  batch = apply_jit(CONFIG, params, lora, x, mask)
+  assert np.all(np.isfinite(batch))
+  for i, row in enumerate(rows):
+    single = apply_jit(CONFIG, params, lora, row[None])[0]
+    np.testing.assert_allclose(batch[i][mask[i]], single, atol=2e-5, rtol=1e-5)
+
+
+def test_tied_equals_untied_with_transposed_embedding():
+  params, _ = model()
+  untied = LlamaConfig(37, 24, 40, 2, 6, 2, tie_word_embeddings=False)
+  untied_params, _ = init(untied, jax.random.key(0))
+  assert untied_params["lm_head"].shape == (24, 37)
+  untied_params = dict(params, lm_head=params["embed_tokens"]["embedding"].T)
+  x = tokens((2, 5))
+  np.testing.assert_allclose(
+    apply_jit(untied, untied_params, None, x), apply_jit(CONFIG, params, None, x), atol=1e-6
+  )
+
+
+def test_bfloat16_close_to_float32():
+  params, lora = model()
+  bf16 = LlamaConfig(37, 24, 40, 2, 6, 2, lora_rank=3, lora_alpha=5.0, dtype="bfloat16")
+  x = tokens((2, 6))
+  want = apply_jit(CONFIG, params, lora, x)
+  got = apply_jit(bf16, params, lora, x)
+  assert got.dtype == jnp.float32
+  err = np.abs(np.asarray(got) - np.asarray(want)).max()
+  assert 0 < err < 0.05 * np.abs(np.asarray(want)).max()
+
+
+def to_torch_state(params, config):
+  """Our params as a Hugging Face state dict (the inverse of a checkpoint importer)."""
+  import torch
+
+  t = lambda x: torch.tensor(np.asarray(x))
+  state = {"model.embed_tokens.weight": t(params["embed_tokens"]["embedding"])}
+  state["model.norm.weight"] = t(params["norm"]["scale"])
+  for i in range(config.num_layers):
+    layer = params[f"layers_{i}"]
+    for group, projs in (
+      ("self_attn", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+      ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+    ):
+      for name in projs:
+        p = layer[group][name]
+        state[f"model.layers.{i}.{group}.{name}.weight"] = t(p["kernel"].T)
+        if "bias" in p:
+          state[f"model.layers.{i}.{group}.{name}.bias"] = t(p["bias"])
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+      state[f"model.layers.{i}.{norm}.weight"] = t(layer[norm]["scale"])
+  if not config.tie_word_embeddings:
+    state["lm_head.weight"] = t(params["lm_head"].T)
+  return state
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_matches_transformers(family):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = LlamaConfig(
+    37,
+    24,
+    40,
+    2,
+    6,
+    2,
+    rope_theta=500.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=family == "qwen2",
+    attention_bias=family == "qwen2",
+  )
+  params, _ = init(config, jax.random.key(4))
+  params = jax.tree.map(lambda x, r: np.asarray(x) + r, params, random_tree(params, 5, 0.1))
+  kwargs = dict(
+    vocab_size=37,
+    hidden_size=24,
+    intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    rope_theta=500.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=config.tie_word_embeddings,
+  )
+  if family == "llama":
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
+  else:
+    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kwargs))
+  missing, unexpected = hf.load_state_dict(to_torch_state(params, config), strict=False)
+  assert not unexpected and set(missing) <= {"lm_head.weight"}
+  x = np.asarray(tokens((2, 8)))
+  with torch.no_grad():
+    want = hf(torch.tensor(x, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(apply_jit(config, params, None, x), want, atol=2e-5, rtol=1e-4)
+
+
+def test_projection_names_cover_every_dense():
+  params, _ = init(LlamaConfig(37, 24, 40, 1, 6, 2), jax.random.key(0))
+  layer = params["layers_0"]
+  assert set(layer["self_attn"]) | set(layer["mlp"]) == set(PROJECTIONS)
