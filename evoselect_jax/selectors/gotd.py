@@ -1,0 +1,60 @@
+"""``gotd``: top-k candidates by calibrated OT dual potential (Just et al. 2023, GOT-D).
+
+GOT-D solves entropic OT between the candidate pool and the target set and keeps the
+candidates whose calibrated potential ``f_i - mean_{j != i} f_j`` is lowest, i.e. those
+to which moving mass lowers the OT distance to the target most
+(:func:`~evoselect_jax.ot.ot_relevance` with ``score="potential"``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from evoselect_jax.ot import OTConfig, make_ot_config, solve
+from evoselect_jax.registry import SELECTORS
+from evoselect_jax.selectors.base import Selector, check_inputs
+
+
+@functools.partial(jax.jit, static_argnames=("config", "k"))
+def _gotd(
+  candidates: jax.Array, targets: jax.Array, mask: jax.Array, config: OTConfig, k: int
+) -> jax.Array:
+  b = jnp.ones((targets.shape[0],), jnp.float32)
+  relevance = solve(config, candidates, targets, mask.astype(jnp.float32), b).relevance
+  return jax.lax.top_k(relevance, k)[1].astype(jnp.int32)
+
+
+@SELECTORS.register("gotd")
+def gotd(ot: dict[str, Any] | None = None) -> Selector:
+  """Builds GOT-D selection.
+
+  Args:
+    ot: options of :func:`~evoselect_jax.ot.make_ot_config` (``epsilon``, ``cost``,
+      solver options, ...); ``score`` is fixed to ``potential``.
+
+  Returns:
+    The selector.
+  """
+  ot = dict(ot or {})
+  if ot.setdefault("score", "potential") != "potential":
+    raise ValueError(f"gotd ranks by the OT potential; got ot.score={ot['score']!r}")
+  config = make_ot_config(**ot)
+
+  def select(
+    candidates: jax.Array,
+    targets: jax.Array,
+    k: int,
+    key: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    **extras: Any,
+  ) -> jax.Array:
+    del key, extras
+    mask = check_inputs(candidates, targets, k, mask)
+    return _gotd(candidates, targets, mask, config, k)
+
+  return select

@@ -1,0 +1,218 @@
+"""Oracle tests for per-example gradients, their features and the random projectors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evoselect_jax import features
+from evoselect_jax.registry import PROJECTORS
+
+
+def mlp_params(key):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+    "dense1": {"w": jax.random.normal(k1, (5, 7)) / 2, "b": jnp.full((7,), 0.1)},
+    "dense2": {"w": jax.random.normal(k2, (7, 3)) / 2},
+    "scale": jax.random.normal(k3, ()),
+  }
+
+
+def mlp_loss(params, example):
+  h = jnp.tanh(example["x"] @ params["dense1"]["w"] + params["dense1"]["b"])
+  out = params["scale"] * h @ params["dense2"]["w"]
+  return jnp.sum(jnp.square(out - example["y"]))
+
+
+def make_batch(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+    "x": jnp.asarray(rng.normal(size=(n, 5)), jnp.float32),
+    "y": jnp.asarray(rng.normal(size=(n, 3)), jnp.float32),
+  }
+
+
+def loop_grads(params, batch, loss=mlp_loss):
+  n = batch["x"].shape[0]
+  grad = jax.jit(jax.grad(loss))
+  grads = [grad(params, jax.tree.map(lambda x, i=i: x[i], batch)) for i in range(n)]
+  return jax.tree.map(lambda *g: jnp.stack(g), *grads)
+
+
+def flat(tree):
+  leaves = jax.tree.leaves(tree)
+  return jnp.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
+
+
+def dense_matrix(projector, in_dim):
+  return np.asarray(projector(jnp.eye(in_dim, dtype=jnp.float32)))
+
+
+def dense_tree_matrix(tree_projector, params):
+  return np.concatenate(
+    [
+      dense_matrix(p, leaf.size)
+      for p, leaf in zip(tree_projector.projectors, jax.tree.leaves(params), strict=True)
+    ]
+  )
+
+
+@pytest.mark.parametrize(("n", "micro_batch"), [(1, 4), (7, 3), (11, 4), (12, 4), (5, 64)])
+def test_per_example_grads_match_loop(n, micro_batch):
+  params = mlp_params(jax.random.key(0))
+  batch = make_batch(n)
+  got = features.per_example_grads(mlp_loss, params, batch, micro_batch=micro_batch)
+  want = loop_grads(params, batch)
+  assert jax.tree.structure(got) == jax.tree.structure(params)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_per_example_grads_rejects_ragged_batch():
+  params = mlp_params(jax.random.key(0))
+  batch = make_batch(4) | {"y": jnp.zeros((5, 3))}
+  with pytest.raises(ValueError, match="same leading axis"):
+    features.per_example_grads(mlp_loss, params, batch)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "sjlt"])
+def test_per_example_features_match_dense_projection(name):
+  params = mlp_params(jax.random.key(1))
+  batch = make_batch(9)
+  proj = features.make_tree_projector(name, params, 16, jax.random.key(2))
+  got = features.per_example_features(mlp_loss, params, batch, proj, micro_batch=4)
+  raw = features.per_example_features(mlp_loss, params, batch, proj, micro_batch=4, normalize=False)
+  want = np.asarray(flat(loop_grads(params, batch))) @ dense_tree_matrix(proj, params)
+  np.testing.assert_allclose(raw.features, want, rtol=1e-4, atol=1e-5)
+  unit = want / np.linalg.norm(want, axis=1, keepdims=True)
+  np.testing.assert_allclose(got.features, unit, rtol=1e-4, atol=1e-5)
+  assert got.finite.all()
+
+
+def test_adam_preconditioned_features_follow_less():
+  params = mlp_params(jax.random.key(3))
+  batch = make_batch(6)
+  opt = optax.adam(1e-2, b1=0.8, b2=0.9, eps=1e-6)
+  state = opt.init(params)
+  _, state = opt.update(
+    jax.grad(mlp_loss)(params, jax.tree.map(lambda x: x[0], batch)), state, params
+  )
+  pre = features.adam_preconditioner(state, b1=0.8, b2=0.9, eps=1e-6)
+  proj = features.make_tree_projector("rademacher", params, 8, jax.random.key(4))
+  got = features.per_example_features(
+    mlp_loss, params, batch, proj, micro_batch=4, preconditioner=pre, normalize=False
+  )
+  adam = state[0]
+  g = flat(loop_grads(params, batch))
+  m = 0.8 * flat(jax.tree.map(lambda x: x[None], adam.mu)) + 0.2 * g
+  v = 0.9 * flat(jax.tree.map(lambda x: x[None], adam.nu)) + 0.1 * g**2
+  want = np.asarray(m / (jnp.sqrt(v) + 1e-6)) @ dense_tree_matrix(proj, params)
+  np.testing.assert_allclose(got.features, want, rtol=1e-4, atol=1e-4)
+
+
+def test_adam_preconditioner_needs_one_adam_state():
+  with pytest.raises(ValueError, match="exactly one optax.ScaleByAdamState"):
+    features.adam_preconditioner(optax.sgd(0.1).init({"w": jnp.ones(2)}))
+
+
+def test_non_finite_rows_are_zero_and_flagged():
+  params = {"w": jnp.array([0.5, -1.0, 2.0])}
+
+  def loss(p, ex):  # sqrt'(0) = inf: example 1's gradient is not finite
+    return jnp.sqrt(jnp.abs(ex["x"] @ p["w"]))
+
+  batch = {"x": jnp.array([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]])}
+  proj = features.make_tree_projector("gaussian", params, 4, jax.random.key(0))
+  out = features.per_example_features(loss, params, batch, proj, micro_batch=3)
+  np.testing.assert_array_equal(out.finite, [True, False, False, True])
+  np.testing.assert_array_equal(out.features[1:3], 0.0)
+  np.testing.assert_allclose(
+    jnp.linalg.norm(out.features[jnp.array([0, 3])], axis=1), 1.0, rtol=1e-5
+  )
+
+  def zero_grad_loss(p, ex):  # example 2 has a finite, all-zero gradient
+    return jnp.square(ex["x"] @ p["w"])
+
+  out = features.per_example_features(zero_grad_loss, params, batch, proj)
+  assert out.finite.all()
+  np.testing.assert_array_equal(out.features[2], 0.0)
+
+
+def test_projector_registry():
+  assert {"gaussian", "rademacher", "sjlt"} <= set(PROJECTORS.names())
+  proj = PROJECTORS.build(
+    {"name": "sjlt", "nonzeros": 2}, in_dim=5, out_dim=6, key=jax.random.key(0)
+  )
+  assert proj(jnp.ones((3, 5))).shape == (3, 6)
+
+
+def test_dense_projectors_equal_explicit_matrix():
+  key = jax.random.key(7)
+  gauss = features.make_projector("gaussian", 5, 3, key)
+  np.testing.assert_allclose(
+    dense_matrix(gauss, 5), jax.random.normal(key, (5, 3)) / np.sqrt(3), rtol=1e-6
+  )
+  rad = dense_matrix(features.make_projector("rademacher", 5, 4, key), 5)
+  np.testing.assert_allclose(np.abs(rad), 0.5)
+  np.testing.assert_allclose(rad * 2, jax.random.rademacher(key, (5, 4), jnp.float32))
+  x = jax.random.normal(jax.random.key(1), (6, 5))
+  np.testing.assert_allclose(gauss(x), np.asarray(x) @ dense_matrix(gauss, 5), rtol=1e-5, atol=1e-6)
+
+
+def test_sjlt_structure_and_linearity():
+  proj = features.make_projector("sjlt", 9, 6, jax.random.key(3), nonzeros=3)
+  mat = dense_matrix(proj, 9)
+  for col in mat:  # each input coordinate: one ±1/sqrt(3) in each block of 2 rows
+    np.testing.assert_allclose(np.abs(col.reshape(3, 2)).sum(axis=1), 1 / np.sqrt(3), rtol=1e-6)
+    assert (col != 0).sum() == 3
+  x = jax.random.normal(jax.random.key(1), (4, 9))
+  np.testing.assert_allclose(proj(x), np.asarray(x) @ mat, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="nonzeros"):
+    features.make_projector("sjlt", 9, 6, jax.random.key(3), nonzeros=4)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "rademacher", "sjlt"])
+def test_projectors_preserve_norm_in_expectation(name):
+  x = jax.random.normal(jax.random.key(0), (400, 96))
+  ratios = []
+  for seed in range(4):
+    proj = features.make_projector(name, 96, 1024, jax.random.key(seed))
+    ratios.append(jnp.sum(proj(x) ** 2, axis=1) / jnp.sum(x**2, axis=1))
+  assert abs(float(jnp.mean(jnp.stack(ratios))) - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("name", ["gaussian", "rademacher", "sjlt"])
+def test_projectors_deterministic_by_key(name):
+  x = jax.random.normal(jax.random.key(0), (3, 10))
+  a = features.make_projector(name, 10, 8, jax.random.key(5))(x)
+  b = features.make_projector(name, 10, 8, jax.random.key(5))(x)
+  c = features.make_projector(name, 10, 8, jax.random.key(6))(x)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", ["rademacher", "sjlt"])
+def test_tree_projector_equals_concatenated_projection(name):
+  params = mlp_params(jax.random.key(0))
+  key = jax.random.key(9)
+  proj = features.make_tree_projector(name, params, 8, key)
+  for i, (p, leaf) in enumerate(zip(proj.projectors, jax.tree.leaves(params), strict=True)):
+    want = features.make_projector(name, leaf.size, 8, jax.random.fold_in(key, i))
+    np.testing.assert_array_equal(dense_matrix(p, leaf.size), dense_matrix(want, leaf.size))
+  batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x + 1, -x]), params)
+  want = np.asarray(flat(batch)) @ dense_tree_matrix(proj, params)
+  np.testing.assert_allclose(proj(batch), want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="TreeProjector built for"):
+    proj({"w": jnp.ones((3, 2))})
+
+
+def test_wrong_preconditioner_and_projector_inputs_fail_loudly():
+  params = mlp_params(jax.random.key(0))
+  proj = features.make_tree_projector("sjlt", params, 4, jax.random.key(0))
+  with pytest.raises(TypeError, match="adam_preconditioner"):
+    features.per_example_features(
+      mlp_loss, params, make_batch(3), proj, preconditioner=optax.adam(0.1).init(params)
+    )
+  flat_proj = features.make_projector("gaussian", 4, 2, jax.random.key(0))
+  with pytest.raises(TypeError, match="make_tree_projector"):
+    flat_proj({"w": jnp.ones((3, 4))})
