@@ -49,7 +49,9 @@ class Registry:
     """Builds the component ``cfg['name']`` with the other keys of ``cfg`` as kwargs."""
     kwargs = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
     if "name" not in kwargs:
-      raise ValueError(f"A {self.kind} config needs a 'name'; valid names: {', '.join(self.names())}")
+      raise ValueError(
+        f"A {self.kind} config needs a 'name'; valid names: {', '.join(self.names())}"
+      )
     factory = self.get(kwargs.pop("name"))
     try:
       return factory(**kwargs, **extra)

@@ -1,0 +1,1 @@
+"""Launch scripts and benchmarks."""

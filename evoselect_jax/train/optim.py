@@ -91,12 +91,10 @@ def _train_step(
   optimizer: optax.GradientTransformation,
   trainable: Any,
   opt_state: Any,
-  data: dict[str, jax.Array],
-  idx: jax.Array,
+  batch: dict[str, jax.Array],
 ) -> tuple[Any, Any, jax.Array]:
-  """One optimizer step on the batch ``data[idx]``; ``idx int32[batch]``."""
+  """One optimizer step on ``batch`` (arrays with leading axis batch_size)."""
   loss_fn = merge_callable(loss_static, loss_arrays)
-  batch = jax.tree.map(lambda x: x[idx], data)
   loss, grads = jax.value_and_grad(loss_fn)(trainable, batch)
   updates, opt_state = optimizer.update(grads, opt_state, trainable)
   return optax.apply_updates(trainable, updates), opt_state, loss
@@ -144,7 +142,8 @@ def fit(
   Args:
     loss_fn: ``loss_fn(trainable, batch) -> scalar`` mean loss of a batch.
     trainable: pytree of the parameters to train.
-    data: arrays with a common leading axis n (the examples), kept on device.
+    data: arrays with a common leading axis n (the examples); each batch is gathered
+      on the host, so the compiled step depends on ``batch_size``, not on n.
     steps: number of optimizer steps.
     batch_size: examples per step (static).
     optimizer: an optax transformation, e.g. from :func:`make_optimizer`.
@@ -165,7 +164,7 @@ def fit(
   if steps < 1 or batch_size < 1:
     raise ValueError(f"Need steps >= 1 and batch_size >= 1, got {steps=}, {batch_size=}")
   loss_static, loss_arrays = split_callable(loss_fn)
-  data = {name: jnp.asarray(x) for name, x in data.items()}
+  data = {name: np.asarray(x) for name, x in data.items()}
   trainable = jax.tree.map(jnp.array, trainable)
   opt_state = optimizer.init(trainable) if opt_state is None else jax.tree.map(jnp.array, opt_state)
   indices = batch_indices(key, n, steps, batch_size)
@@ -182,7 +181,12 @@ def fit(
     pending = None
     for step in range(steps):
       trainable, opt_state, loss = _train_step(
-        loss_static, loss_arrays, optimizer, trainable, opt_state, data, indices[step]
+        loss_static,
+        loss_arrays,
+        optimizer,
+        trainable,
+        opt_state,
+        {name: x[indices[step]] for name, x in data.items()},
       )
       if pending is not None:  # Read the previous loss while this step runs.
         record(step - 1, pending)
