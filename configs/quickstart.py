@@ -19,7 +19,7 @@ from evoselect_jax.config import parse_arg
 def get_config(arg=None):
   arg = parse_arg(arg, smoke=False, seed=0)
   c = ml_collections.ConfigDict()
-  c.seed = arg.seed
+  c.seeds = (arg.seed,)  # model init, pools and keys; the task is fixed by c.task
   c.rounds = 3
   c.pool_size = 1024  # raw generated records per round; the cleaned pool is padded to this
   c.budget = 96  # examples selected per round, every method
@@ -30,7 +30,7 @@ def get_config(arg=None):
   # Target: the `max` skill in the `cards` format; warm-up sees the other 23 pairs.
   c.task = dict(
     name="synthetic",
-    seed=arg.seed,
+    seed=0,
     target_skill="max",
     target_format="cards",
     num_target=64,
@@ -53,7 +53,13 @@ def get_config(arg=None):
     lora_targets=("q_proj", "v_proj", "up_proj", "down_proj"),
   )
   c.warmup = dict(examples=4096, steps=1500, batch_size=64, learning_rate=3e-3)
-  c.features = dict(micro_batch=64, projector=dict(name="rademacher", out_dim=256))
+  c.features = dict(
+    params="lora",  # lora | last_k_layers | all
+    last_k=1,  # blocks for last_k_layers
+    preconditioner="sgd",  # sgd | adam (LESS; candidates only, from round 2 on)
+    micro_batch=64,
+    projector=dict(name="rademacher", out_dim=256),
+  )
 
   c.selector = dict(name="evoselect")
   c.baselines = ("random",)

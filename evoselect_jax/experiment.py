@@ -1,8 +1,9 @@
-"""Runs a config: warm up the learner, then R rounds for every method, and report.
+"""Runs a config: for each seed, warm up the learner, run R rounds for every method; report.
 
 Every method sees the same generated pool in a round (the generator does not
 depend on the learner), the same budget and the same training; only the selector
-differs.
+differs. Seeds vary the model's initialisation, the generated pools and every key;
+the task (target and test split) is fixed by ``config.task``.
 """
 
 from __future__ import annotations
@@ -34,94 +35,102 @@ def methods(config) -> dict[str, Any]:
 def run(
   config, workdir: str | pathlib.Path, *, progress: bool = True, log=print
 ) -> list[dict[str, Any]]:
-  """Runs ``config`` and writes its outputs under ``workdir``; returns the metric rows.
+  """Runs ``config`` for every seed in ``config.seeds``; returns the metric rows.
 
-  Writes ``config.json`` (resolved config), ``metrics.jsonl`` (one object per round
-  and method), ``tensorboard/<method>/``, ``selections/<method>/round_XX.jsonl`` and
-  ``accuracy.png``.
+  Writes under ``workdir``: ``config.json`` (resolved config), ``metrics.jsonl`` (one
+  object per seed, round and method), ``tensorboard/<method>/``,
+  ``selections/seed_<s>/<method>/round_XX.jsonl``, ``accuracy.png`` (mean over
+  seeds per round) and ``results.md`` (final accuracy per method, mean ± std).
   """
   workdir = pathlib.Path(workdir)
   # Components by name: a bad name fails here, before any work.
   task = TASKS.build(config.task)
   generator = GENERATORS.build(config.generator, task=task)
   selectors = {name: build_selector(cfg) for name, cfg in methods(config).items()}
+  loop.check_features_config(config.features)
   names = list(selectors)
 
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   (workdir / "metrics.jsonl").unlink(missing_ok=True)
-  key_init, key_warmup, key_proj, key_rounds = jax.random.split(jax.random.key(config.seed), 4)
-  tokenizer = task.tokenizer
   log(task.describe())
-
-  model_config = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, **config.model)
-  params, lora = llama.init(model_config, key_init)
-  params = _warmup(model_config, params, task, config, key_warmup, progress)
-  base = loop.Learner(model_config, params, lora)
-  projector = make_tree_projector(
-    config.features.projector.name, lora, config.features.projector.out_dim, key_proj
-  )
-
-  test = prompts.encode_for_scoring(tokenizer, task.test, config.max_len, config.max_choices)
-  target = prompts.encode_for_training(tokenizer, task.target, config.max_len)
-  acc0 = loop.evaluate(base, test, batch_size=config.eval.batch_size)
-  log(f"after warm-up: test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})")
+  test = prompts.encode_for_scoring(task.tokenizer, task.test, config.max_len, config.max_choices)
+  target = prompts.encode_for_training(task.tokenizer, task.target, config.max_len)
 
   writer = report.MetricsWriter(workdir)
-  rows = [{"method": name, "round": 0, **acc0} for name in names]
-  for row in rows:
-    writer.write(row)
-  learners = {name: base for name in names}
-  replay: dict[str, list] = {name: [] for name in names}
-  rng = np.random.default_rng(config.seed)
-  for rnd in range(1, config.rounds + 1):
-    exemplars = [
-      task.target[i] for i in rng.choice(len(task.target), config.num_exemplars, replace=False)
-    ]
-    raw = generator.generate(exemplars, config.pool_size, seed=config.seed * 1_000_003 + rnd)
-    pool = loop.make_pool(
-      raw,
-      test=task.test,
-      tokenizer=tokenizer,
-      size=config.pool_size,
-      max_len=config.max_len,
-      round_idx=rnd,
-      clean_cfg=config.clean,
+  rows: list[dict[str, Any]] = []
+  for seed in config.seeds:
+    key_init, key_warmup, key_proj, key_rounds = jax.random.split(jax.random.key(seed), 4)
+    model_config = llama.LlamaConfig(vocab_size=task.tokenizer.vocab_size, **config.model)
+    params, lora = llama.init(model_config, key_init)
+    params = _warmup(model_config, params, task, config, seed, key_warmup, progress)
+    base = loop.Learner(model_config, params, lora)
+    diff = loop.feature_params(base, config.features.params, config.features.last_k)
+    projector = make_tree_projector(
+      config.features.projector.name, diff, config.features.projector.out_dim, key_proj
     )
-    rejected = dict(pool.rejected)
-    log(f"round {rnd}: kept {len(pool.examples)} of {len(raw)} generated; rejected {rejected}")
-    for i, name in enumerate(names):
-      out = loop.run_round(
-        learners[name],
-        selectors[name],
-        pool,
-        target,
-        test,
-        replay[name],
-        config,
-        projector=projector,
-        key=jax.random.fold_in(key_rounds, rnd * len(names) + i),
-        progress=progress,
-        desc=f"round {rnd} {name}",
+    acc0 = loop.evaluate(base, test, batch_size=config.eval.batch_size)
+    log(f"seed {seed}, after warm-up: test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})")
+    for name in names:
+      rows.append({"seed": seed, "method": name, "round": 0, **acc0})
+      writer.write(rows[-1])
+
+    learners = {name: base for name in names}
+    replay: dict[str, list] = {name: [] for name in names}
+    rng = np.random.default_rng(seed)
+    for rnd in range(1, config.rounds + 1):
+      picks = rng.choice(len(task.target), config.num_exemplars, replace=False)
+      raw = generator.generate(
+        [task.target[i] for i in picks], config.pool_size, seed=seed * 1_000_003 + rnd
       )
-      learners[name] = out.learner
-      replay[name].append(out.encoded)
-      row = {"method": name, "round": rnd, **out.metrics}
-      rows.append(row)
-      writer.write(row)
-      _write_jsonl(workdir / "selections" / name / f"round_{rnd:02d}.jsonl", out.chosen)
-    log(report.format_table(rows, names))
+      pool = loop.make_pool(
+        raw,
+        test=task.test,
+        tokenizer=task.tokenizer,
+        size=config.pool_size,
+        max_len=config.max_len,
+        round_idx=rnd,
+        clean_cfg=config.clean,
+      )
+      rejected = dict(pool.rejected)
+      kept = f"kept {len(pool.examples)} of {len(raw)} generated"
+      log(f"seed {seed} round {rnd}: {kept}; rejected {rejected}")
+      for i, name in enumerate(names):
+        out = loop.run_round(
+          learners[name],
+          selectors[name],
+          pool,
+          target,
+          test,
+          replay[name],
+          config,
+          projector=projector,
+          key=jax.random.fold_in(key_rounds, rnd * len(names) + i),
+          progress=progress,
+          desc=f"seed {seed} round {rnd} {name}",
+        )
+        learners[name] = out.learner
+        replay[name].append(out.encoded)
+        rows.append({"seed": seed, "method": name, "round": rnd, **out.metrics})
+        writer.write(rows[-1])
+        _write_jsonl(
+          workdir / "selections" / f"seed_{seed}" / name / f"round_{rnd:02d}.jsonl", out.chosen
+        )
+      log(report.format_table([r for r in rows if r["seed"] == seed], names))
   writer.close()
   report.plot_accuracy(
     rows, names, workdir / "accuracy.png", title=f"{config.task.name}: target-task accuracy"
   )
-  log(f"outputs in {workdir}: metrics.jsonl, accuracy.png, selections/, tensorboard/, config.json")
+  summary = report.results_table(rows, names)
+  (workdir / "results.md").write_text(summary + "\n")
+  log(summary)
+  log(f"outputs in {workdir}: results.md, metrics.jsonl, accuracy.png, selections/, tensorboard/")
   return rows
 
 
-def _warmup(model_config, params, task, config, key, progress):
+def _warmup(model_config, params, task, config, seed, key, progress):
   """Full-parameter training on the task family's warm-up mix (no LoRA)."""
-  examples = task.pretrain(config.warmup.examples, seed=config.seed)
+  examples = task.pretrain(config.warmup.examples, seed=seed)
   data = prompts.encode_for_training(task.tokenizer, examples, config.max_len)
 
   def loss_fn(p, batch):
@@ -142,7 +151,7 @@ def _warmup(model_config, params, task, config, key, progress):
     batch_size=config.warmup.batch_size,
     optimizer=optimizer,
     key=key,
-    desc="warm-up",
+    desc=f"seed {seed} warm-up",
     progress=progress,
   )
   return out.trainable

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from evoselect_jax import features as features_lib
@@ -30,11 +31,16 @@ from evoselect_jax.types import MCQExample
 
 @dataclasses.dataclass(frozen=True)
 class Learner:
-  """The model being evolved: a frozen base and its LoRA adapters."""
+  """The model being evolved: a frozen base, its LoRA adapters and their optimizer state.
+
+  ``opt_state`` is the AdamW state after the latest fine-tuning (``None`` before
+  any); the ``adam`` feature preconditioner reads its moments (LESS).
+  """
 
   config: llama.LlamaConfig
   params: Any
   lora: Any
+  opt_state: Any = None
 
   def logits_fn(self):
     """``(tokens [b, t], attention_mask [b, t]) -> logits [b, t, V]``.
@@ -100,24 +106,114 @@ def make_pool(
   return Pool(cleaned.examples, encoded, mask, cleaned.rejected)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
-def featurize(
-  config, params, lora, encoded, projector, *, micro_batch: int
-) -> features_lib.Features:
-  """Projected, L2-normalised per-example LoRA gradients ``[n, out_dim]`` (LESS-style).
+FEATURE_PARAMS = ("lora", "last_k_layers", "all")
+PRECONDITIONERS = ("sgd", "adam")
 
-  The gradient is that of the answer-token cross-entropy of each example with
-  respect to the LoRA parameters of the current model.
+
+def check_features_config(cfg) -> None:
+  """Fails at once on an unknown ``features.params`` or ``features.preconditioner``."""
+  if cfg.params not in FEATURE_PARAMS:
+    raise ValueError(f"Unknown features.params {cfg.params!r}; valid: {', '.join(FEATURE_PARAMS)}")
+  if cfg.preconditioner not in PRECONDITIONERS:
+    valid = ", ".join(PRECONDITIONERS)
+    raise ValueError(f"Unknown features.preconditioner {cfg.preconditioner!r}; valid: {valid}")
+  if cfg.preconditioner == "adam" and cfg.params != "lora":
+    raise ValueError(
+      "features.preconditioner='adam' needs features.params='lora' (the trained ones)"
+    )
+
+
+def feature_params(learner: Learner, which: str, last_k: int = 1) -> Any:
+  """The parameters whose per-example gradients are the proxy features.
+
+  Args:
+    learner: the current learner.
+    which: ``lora`` (the adapters), ``last_k_layers`` (base weights of the last
+      ``last_k`` decoder blocks) or ``all`` (every base weight).
+    last_k: blocks used by ``last_k_layers``.
+
+  Returns:
+    The parameter subtree (a pytree of arrays).
   """
-  loss_fn = lambda lora_, example: losses.example_loss(config, params, lora_, example)
+  if which == "lora":
+    return learner.lora
+  if which == "all":
+    return learner.params
+  if which == "last_k_layers":
+    layers = learner.config.num_layers
+    if not 1 <= last_k <= layers:
+      raise ValueError(f"features.last_k={last_k} must be in [1, {layers}] (the model's layers)")
+    return {f"layers_{i}": learner.params[f"layers_{i}"] for i in range(layers - last_k, layers)}
+  raise ValueError(f"Unknown features.params {which!r}; valid: {', '.join(FEATURE_PARAMS)}")
+
+
+@functools.partial(jax.jit, static_argnames=("config", "which", "micro_batch"))
+def featurize(
+  config, params, lora, diff, encoded, projector, preconditioner, *, which: str, micro_batch: int
+) -> features_lib.Features:
+  """Projected, L2-normalised per-example gradients ``[n, out_dim]`` (LESS-style).
+
+  The gradient is that of each example's answer-token cross-entropy with respect to
+  ``diff`` (the subtree :func:`feature_params` chose by ``which``), at the current
+  model. ``preconditioner`` is ``None`` (plain gradients) or an
+  :class:`~evoselect_jax.features.AdamPreconditioner`.
+  """
+
+  def loss_fn(d, example):
+    if which == "lora":
+      return losses.example_loss(config, params, d, example)
+    return losses.example_loss(config, params | d, lora, example)
+
   return features_lib.per_example_features(
-    loss_fn, lora, encoded, projector, micro_batch=micro_batch
+    loss_fn, diff, encoded, projector, micro_batch=micro_batch, preconditioner=preconditioner
   )
 
 
-def _batch_loss(config, params, lora, batch):
+@functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
+def example_losses(config, params, lora, encoded, *, micro_batch: int) -> jax.Array:
+  """Per-example answer-token losses ``[n]`` under the current model."""
+  n = encoded["tokens"].shape[0]
+  size = min(micro_batch, n)
+  chunks = -(-n // size)
+  index = jnp.minimum(jnp.arange(chunks * size), n - 1).reshape(chunks, size)
+
+  def chunk(idx):
+    batch = jax.tree.map(lambda x: x[idx], encoded)
+    return _batch_losses(config, params, lora, batch)
+
+  return jax.lax.map(chunk, index).reshape(-1)[:n]
+
+
+def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool):
+  """Features of ``encoded`` with the options in ``cfg`` (the config's ``features``).
+
+  The ``adam`` preconditioner applies to candidates only (targets use plain
+  gradients, as in LESS), and only once the learner has an optimizer state: in the
+  first round there are no moments yet, and the round's metrics say which was used.
+  """
+  use_adam = candidates and cfg.preconditioner == "adam" and learner.opt_state is not None
+  preconditioner = features_lib.adam_preconditioner(learner.opt_state) if use_adam else None
+  out = featurize(
+    learner.config,
+    learner.params,
+    learner.lora,
+    feature_params(learner, cfg.params, cfg.last_k),
+    encoded,
+    projector,
+    preconditioner,
+    which=cfg.params,
+    micro_batch=cfg.micro_batch,
+  )
+  return out, ("adam" if use_adam else "sgd")
+
+
+def _batch_losses(config, params, lora, batch):
   logits = llama.apply(config, params, lora, batch["tokens"], batch["attention_mask"])
-  return losses.token_losses(logits, batch["tokens"], batch["loss_mask"]).mean()
+  return losses.token_losses(logits, batch["tokens"], batch["loss_mask"])
+
+
+def _batch_loss(config, params, lora, batch):
+  return _batch_losses(config, params, lora, batch).mean()
 
 
 def finetune(
@@ -138,7 +234,7 @@ def finetune(
     desc=desc,
     progress=progress,
   )
-  return dataclasses.replace(learner, lora=out.trainable)
+  return dataclasses.replace(learner, lora=out.trainable, opt_state=out.opt_state)
 
 
 def evaluate(learner: Learner, encoded_test, *, batch_size: int) -> dict[str, float]:
@@ -182,22 +278,27 @@ def run_round(
   """
   key_sel, key_ft = jax.random.split(key)
   seconds: dict[str, float] = {}
-  feat = functools.partial(
-    featurize,
-    learner.config,
-    learner.params,
-    learner.lora,
-    projector=projector,
-    micro_batch=config.features.micro_batch,
-  )
   with _timed(seconds, "featurize"):
-    cand, targ = feat(pool.encoded), feat(target)
-    jax.block_until_ready((cand, targ))
+    cand, preconditioner = _features(
+      learner, pool.encoded, projector, config.features, candidates=True
+    )
+    targ, _ = _features(learner, target, projector, config.features, candidates=False)
+    extras = {}
+    if "losses" in getattr(selector, "requires", ()):
+      extras["losses"] = example_losses(
+        learner.config,
+        learner.params,
+        learner.lora,
+        pool.encoded,
+        micro_batch=config.features.micro_batch,
+      )
+    jax.block_until_ready((cand, targ, extras))
   finite = np.asarray(cand.finite)
   with _timed(seconds, "select"):
-    idx = np.asarray(
-      selector(cand.features, targ.features, config.budget, key_sel, mask=pool.mask & finite)
+    idx = selector(
+      cand.features, targ.features, config.budget, key_sel, mask=pool.mask & finite, **extras
     )
+    idx = np.asarray(idx)
   chosen = [pool.examples[i] for i in idx]
   selected = {k: v[idx] for k, v in pool.encoded.items()}
   data = selected
@@ -211,6 +312,7 @@ def run_round(
     "selected_kinds": dict(
       sorted(Counter(ex.meta.get("kind", "unknown") for ex in chosen).items())
     ),
+    "preconditioner": preconditioner,
     "non_finite_grads": int((pool.mask & ~finite).sum()),
     "target_non_finite_grads": int((~np.asarray(targ.finite)).sum()),
     "pool_kept": len(pool.examples),

@@ -7,6 +7,7 @@ import pathlib
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,34 +50,79 @@ def _scalars(row: dict[str, Any], prefix: str = ""):
       yield f"{prefix}{k}", v
 
 
+def _by_method(rows: list[dict[str, Any]], method: str, rnd: int, metric: str) -> np.ndarray:
+  return np.array([r[metric] for r in rows if r["method"] == method and r["round"] == rnd])
+
+
 def format_table(rows: list[dict[str, Any]], methods: list[str], metric: str = "acc") -> str:
-  """A per-round text table of ``metric`` (columns = methods)."""
+  """A per-round text table of ``metric`` (columns = methods; mean ± std over seeds)."""
   rounds = sorted({r["round"] for r in rows})
-  by = {(r["round"], r["method"]): r for r in rows}
-  width = max(10, *(len(m) for m in methods))
+  width = max(13, *(len(m) for m in methods))
   lines = ["round " + " ".join(f"{m:>{width}}" for m in methods)]
   for rnd in rounds:
-    cells = [
-      f"{by[rnd, m][metric]:>{width}.3f}" if (rnd, m) in by else " " * width for m in methods
-    ]
+    cells = []
+    for m in methods:
+      v = _by_method(rows, m, rnd, metric)
+      cell = (
+        ""
+        if not len(v)
+        else f"{v.mean():.3f}"
+        if len(v) == 1
+        else f"{v.mean():.3f} ± {v.std():.3f}"
+      )
+      cells.append(f"{cell:>{width}}")
     lines.append(f"{rnd:>5} " + " ".join(cells))
+  return "\n".join(lines)
+
+
+def results_table(rows: list[dict[str, Any]], methods: list[str]) -> str:
+  """Markdown table of final-round test accuracy per method: mean ± std over seeds.
+
+  Also lists what each method selected in total (the generator's ground-truth kinds).
+  """
+  last = max(r["round"] for r in rows)
+  seeds = sorted({r["seed"] for r in rows})
+  lines = [
+    f"Final test accuracy after round {last}, mean ± std over seeds {seeds}:",
+    "",
+    "| method | acc | acc_norm | per seed (acc) | selected, all rounds and seeds |",
+    "|---|---|---|---|---|",
+  ]
+  order = sorted(methods, key=lambda m: -_by_method(rows, m, last, "acc").mean())
+  for m in order:
+    acc, norm = _by_method(rows, m, last, "acc"), _by_method(rows, m, last, "acc_norm")
+    kinds: dict[str, int] = {}
+    for r in rows:
+      if r["method"] == m:
+        for k, v in r.get("selected_kinds", {}).items():
+          kinds[k] = kinds.get(k, 0) + v
+    total = sum(kinds.values()) or 1
+    picked = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items()))
+    per_seed = " ".join(f"{a:.3f}" for a in acc)
+    cells = [m, f"{acc.mean():.3f} ± {acc.std():.3f}", f"{norm.mean():.3f} ± {norm.std():.3f}"]
+    lines.append("| " + " | ".join([*cells, per_seed, picked]) + " |")
   return "\n".join(lines)
 
 
 def plot_accuracy(
   rows: list[dict[str, Any]], methods: list[str], path: pathlib.Path, title: str
 ) -> None:
-  """Target-task test accuracy per round, one line per method."""
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  """Target-task test accuracy per round, one line per method (mean, shaded ± std over seeds)."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+  rounds = sorted({r["round"] for r in rows})
   for m in methods:
-    pts = sorted((r["round"], r["acc"]) for r in rows if r["method"] == m)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    stats = [_by_method(rows, m, rnd, "acc") for rnd in rounds]
+    mean = np.array([v.mean() for v in stats])
+    std = np.array([v.std() for v in stats])
+    ax.plot(rounds, mean, marker="o", label=m)
+    if any(len(v) > 1 for v in stats):
+      ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("round")
   ax.set_ylabel("test accuracy (target task)")
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

@@ -17,20 +17,21 @@ def test_quickstart_smoke_end_to_end(tmp_path: pathlib.Path):
   assert methods == ["evoselect", "random"]
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert lines == rows
-  assert {(r["method"], r["round"]) for r in rows} == {
-    (m, r) for m in methods for r in range(config.rounds + 1)
+  assert {(r["seed"], r["method"], r["round"]) for r in rows} == {
+    (0, m, r) for m in methods for r in range(config.rounds + 1)
   }
   for r in rows:
     assert 0.0 <= r["acc"] <= 1.0 and 0.0 <= r["acc_norm"] <= 1.0
   for m in methods:
     last = [r for r in rows if r["method"] == m and r["round"] == config.rounds][0]
     assert sum(last["selected_kinds"].values()) == config.budget
-    sel = (
-      (tmp_path / "selections" / m / f"round_{config.rounds:02d}.jsonl").read_text().splitlines()
-    )
+    sel = tmp_path / "selections" / "seed_0" / m / f"round_{config.rounds:02d}.jsonl"
+    sel = sel.read_text().splitlines()
     assert len(sel) == config.budget
     assert len({json.loads(x)["id"] for x in sel}) == config.budget
   assert (tmp_path / "accuracy.png").stat().st_size > 0
   assert json.loads((tmp_path / "config.json").read_text())["budget"] == config.budget
   assert list((tmp_path / "tensorboard" / "evoselect").glob("events.out.tfevents.*"))
   assert any("round 1" in line for line in logs)
+  results = (tmp_path / "results.md").read_text()
+  assert all(f"| {m} |" in results for m in methods)
