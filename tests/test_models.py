@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evoselect_jax.models import PROJECTIONS, LlamaConfig, apply, init
+from evoselect_jax.models import PROJECTIONS, LlamaConfig, apply, init, params_to_hf
 
 apply_jit = jax.jit(apply, static_argnums=0)
 
@@ -157,35 +157,11 @@ def test_bfloat16_close_to_float32():
   assert 0 < err < 0.05 * np.abs(np.asarray(want)).max()
 
 
-def to_torch_state(params, config):
-  """Our params as a Hugging Face state dict (the inverse of a checkpoint importer)."""
-  import torch
-
-  t = lambda x: torch.tensor(np.asarray(x))
-  state = {"model.embed_tokens.weight": t(params["embed_tokens"]["embedding"])}
-  state["model.norm.weight"] = t(params["norm"]["scale"])
-  for i in range(config.num_layers):
-    layer = params[f"layers_{i}"]
-    for group, projs in (
-      ("self_attn", ["q_proj", "k_proj", "v_proj", "o_proj"]),
-      ("mlp", ["gate_proj", "up_proj", "down_proj"]),
-    ):
-      for name in projs:
-        p = layer[group][name]
-        state[f"model.layers.{i}.{group}.{name}.weight"] = t(p["kernel"].T)
-        if "bias" in p:
-          state[f"model.layers.{i}.{group}.{name}.bias"] = t(p["bias"])
-    for norm in ("input_layernorm", "post_attention_layernorm"):
-      state[f"model.layers.{i}.{norm}.weight"] = t(layer[norm]["scale"])
-  if not config.tie_word_embeddings:
-    state["lm_head.weight"] = t(params["lm_head"].T)
-  return state
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_matches_transformers(family):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  import torch
+  import transformers
+
   config = LlamaConfig(
     37,
     24,
@@ -215,7 +191,8 @@ def test_matches_transformers(family):
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
   else:
     hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kwargs))
-  missing, unexpected = hf.load_state_dict(to_torch_state(params, config), strict=False)
+  state = {k: torch.tensor(v) for k, v in params_to_hf(params, config).items()}
+  missing, unexpected = hf.load_state_dict(state, strict=False)
   assert not unexpected and set(missing) <= {"lm_head.weight"}
   x = np.asarray(tokens((2, 8)))
   with torch.no_grad():

@@ -1,10 +1,11 @@
 """A Llama-family decoder in Flax linen, with LoRA adapters in their own collection.
 
-Covers Llama 2/3, Qwen2 (``attention_bias=True``) and SmolLM: RMSNorm, rotary position
-embeddings (Su et al. 2021, "RoFormer", in the Hugging Face "rotate_half" layout),
-grouped-query causal self-attention (Ainslie et al. 2023, "GQA"), a SwiGLU MLP
-(Shazeer 2020, "GLU Variants Improve Transformer") and LoRA (Hu et al. 2021, "LoRA:
-Low-Rank Adaptation of Large Language Models").
+Covers Llama 2/3, Qwen2 (``attention_bias=True``), Mistral (without sliding window) and
+SmolLM: RMSNorm, rotary position embeddings (Su et al. 2021, "RoFormer", in the Hugging
+Face "rotate_half" layout; optionally with Llama 3.1 frequency scaling), grouped-query
+causal self-attention (Ainslie et al. 2023, "GQA"), a SwiGLU MLP (Shazeer 2020, "GLU
+Variants Improve Transformer") and LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of
+Large Language Models").
 
 Parameter names follow the Hugging Face checkpoints so that an importer only renames
 leaves and transposes kernels:
@@ -27,13 +28,86 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+  """Llama 3.1 RoPE frequency scaling (Hugging Face ``rope_type="llama3"``).
+
+  From Meta 2024, "The Llama 3 Herd of Models": wavelengths shorter than
+  ``original_max_position_embeddings / high_freq_factor`` keep their frequency, those longer
+  than ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``, and
+  the band between is interpolated smoothly.
+
+  Attributes:
+    factor: divisor of the low frequencies.
+    low_freq_factor: sets the long-wavelength edge of the interpolated band.
+    high_freq_factor: sets the short-wavelength edge; must exceed ``low_freq_factor``.
+    original_max_position_embeddings: context length of pretraining.
+  """
+
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+  def __post_init__(self):
+    if self.factor <= 0 or self.low_freq_factor <= 0 or self.original_max_position_embeddings < 1:
+      raise ValueError(f"Llama3RopeScaling needs positive factors and length, got {self}")
+    if self.high_freq_factor <= self.low_freq_factor:
+      raise ValueError(
+        f"Llama3RopeScaling.high_freq_factor={self.high_freq_factor} must exceed "
+        f"low_freq_factor={self.low_freq_factor}"
+      )
+
+  def scale(self, inv_freq: np.ndarray) -> np.ndarray:
+    """Scales ``inv_freq float32[hd/2]`` in float32, as HF's ``_compute_llama3_parameters``."""
+    f32 = np.float32
+    old_len = f32(self.original_max_position_embeddings)
+    low, high = f32(self.low_freq_factor), f32(self.high_freq_factor)
+    wavelen = f32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / f32(self.factor), inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / f32(self.factor) + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, smoothed, scaled).astype(f32)
+
+
+def rope_scaling_from_dict(spec: Mapping[str, Any]) -> Llama3RopeScaling | None:
+  """Parses a Hugging Face ``rope_parameters`` / ``rope_scaling`` dict.
+
+  Args:
+    spec: a dict with ``rope_type`` (or the older ``type``) and that type's fields; other
+      keys (``rope_theta``, ...) are ignored.
+
+  Returns:
+    ``None`` for ``rope_type="default"``, a :class:`Llama3RopeScaling` for ``"llama3"``.
+
+  Raises:
+    ValueError: for any other type (``linear``, ``dynamic``, ``yarn``, ``longrope``, ...).
+  """
+  kind = spec.get("rope_type", spec.get("type"))
+  if kind == "default":
+    return None
+  if kind == "llama3":
+    fields = [f.name for f in dataclasses.fields(Llama3RopeScaling)]
+    missing = [f for f in fields if f not in spec]
+    if missing:
+      raise ValueError(f"llama3 rope scaling {dict(spec)} lacks {missing}")
+    return Llama3RopeScaling(**{f: spec[f] for f in fields})
+  raise ValueError(
+    f"Unsupported RoPE scaling type {kind!r} in {dict(spec)}; supported: 'default', 'llama3'"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +123,8 @@ class LlamaConfig:
     num_kv_heads: key/value heads (grouped-query attention); divides ``num_heads``.
     head_dim: per-head width; ``None`` means ``hidden_size // num_heads``.
     rope_theta: RoPE base.
+    rope_scaling: ``None`` for plain RoPE, or :class:`Llama3RopeScaling`; a Hugging Face
+      ``rope_parameters`` dict is accepted and parsed by :func:`rope_scaling_from_dict`.
     rms_norm_eps: epsilon inside RMSNorm.
     tie_word_embeddings: use the embedding matrix as the output projection.
     attention_bias: biases on q/k/v projections (Qwen2).
@@ -67,6 +143,7 @@ class LlamaConfig:
   num_kv_heads: int
   head_dim: int | None = None
   rope_theta: float = 10000.0
+  rope_scaling: Llama3RopeScaling | None = None
   rms_norm_eps: float = 1e-5
   tie_word_embeddings: bool = True
   attention_bias: bool = False
@@ -93,6 +170,13 @@ class LlamaConfig:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
     if self.head_dim < 2 or self.head_dim % 2:
       raise ValueError(f"LlamaConfig.head_dim must be even and >= 2 for RoPE, got {self.head_dim}")
+    if isinstance(self.rope_scaling, Mapping):
+      object.__setattr__(self, "rope_scaling", rope_scaling_from_dict(self.rope_scaling))
+    if self.rope_scaling is not None and not isinstance(self.rope_scaling, Llama3RopeScaling):
+      raise ValueError(
+        f"LlamaConfig.rope_scaling={self.rope_scaling!r}; valid: None, Llama3RopeScaling or a "
+        "Hugging Face rope_parameters dict"
+      )
     if self.lora_rank < 1:
       raise ValueError(f"LlamaConfig.lora_rank must be >= 1, got {self.lora_rank}")
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -106,6 +190,15 @@ class LlamaConfig:
   def compute_dtype(self) -> jnp.dtype:
     """The jnp dtype named by ``dtype``."""
     return DTYPES[self.dtype]
+
+  def rope_inv_freq(self) -> np.ndarray:
+    """RoPE inverse frequencies ``float32[head_dim / 2]``, scaled when ``rope_scaling`` is set.
+
+    Computed in float32 numpy as Hugging Face does in torch, so both see the same angles.
+    """
+    exponents = np.arange(0, self.head_dim, 2, dtype=np.float32) / np.float32(self.head_dim)
+    inv_freq = (np.float32(1.0) / np.float32(self.rope_theta) ** exponents).astype(np.float32)
+    return inv_freq if self.rope_scaling is None else self.rope_scaling.scale(inv_freq)
 
 
 class RMSNorm(nn.Module):
@@ -164,10 +257,11 @@ def rotate_half(x: jax.Array) -> jax.Array:
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding of ``x [b, t, heads, hd]`` at ``positions int32[b, t]``."""
-  hd = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotary position embedding of ``x [b, t, heads, hd]`` at ``positions int32[b, t]``.
+
+  ``inv_freq float32[hd/2]`` comes from :meth:`LlamaConfig.rope_inv_freq`.
+  """
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, hd/2]
   angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [b, t, 1, hd]
   cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
@@ -194,7 +288,8 @@ class Attention(nn.Module):
     q = proj("q_proj", c.num_heads * hd, c.attention_bias)(x).reshape(b, t, c.num_heads, hd)
     k = proj("k_proj", kv * hd, c.attention_bias)(x).reshape(b, t, kv, hd)
     v = proj("v_proj", kv * hd, c.attention_bias)(x).reshape(b, t, kv, hd)
-    q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+    inv_freq = c.rope_inv_freq()
+    q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
     q = q.reshape(b, t, kv, groups, hd)  # head h = kv_head * groups + g, as HF repeat_kv.
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(hd)
