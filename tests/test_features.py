@@ -1,10 +1,13 @@
 """Oracle tests for per-example gradients, their features and the random projectors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from evoselect_jax import features
 from evoselect_jax.registry import PROJECTORS
@@ -216,3 +219,49 @@ def test_wrong_preconditioner_and_projector_inputs_fail_loudly():
   flat_proj = features.make_projector("gaussian", 4, 2, jax.random.key(0))
   with pytest.raises(TypeError, match="make_tree_projector"):
     flat_proj({"w": jnp.ones((3, 4))})
+
+
+def batch_sharding(num_devices):
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def assert_same_leaves(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+  ("name", "options"), [("gaussian", {}), ("rademacher", {}), ("sjlt", {"nonzeros": 4})]
+)
+def test_same_key_same_projection_on_any_device_count(name, options):
+  assert len(jax.devices()) == 8
+  build = functools.partial(features.make_projector, name, 24, 12, **options)
+  want = build(jax.random.key(3))
+  x = jax.random.normal(jax.random.key(0), (16, 24))
+  project = jax.jit(lambda p, z: p(z))
+  want_x = np.asarray(project(want, x))
+  for num_devices in (1, 2, 8):
+    sharding = batch_sharding(num_devices)
+    # drawn inside jit with its rows spread over the devices
+    proj = jax.jit(build, out_shardings=sharding)(jax.random.key(3))
+    assert len(jax.tree.leaves(proj)[0].sharding.device_set) == num_devices
+    assert_same_leaves(proj, want)
+    got = project(want, jax.device_put(x, sharding))  # a data-parallel batch
+    assert len(got.sharding.device_set) == num_devices
+    np.testing.assert_array_equal(got, want_x)
+
+
+def test_tree_projection_of_a_sharded_batch_equals_unsharded():
+  params = mlp_params(jax.random.key(0))
+  build = functools.partial(features.make_tree_projector, "sjlt", params, 8)
+  proj = build(jax.random.key(4))
+  batch = jax.tree.map(lambda x: jnp.stack([x * (i + 1) - i for i in range(16)]), params)
+  assert_same_leaves(jax.jit(build)(jax.random.key(4)), proj)
+  project = jax.jit(lambda p, b: p(b))
+  want = np.asarray(project(proj, batch))
+  for num_devices in (2, 8):
+    got = project(proj, jax.device_put(batch, batch_sharding(num_devices)))
+    assert len(got.sharding.device_set) == num_devices
+    np.testing.assert_array_equal(got, want)

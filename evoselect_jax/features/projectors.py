@@ -7,6 +7,12 @@ projectors built from the same key are the same map. Being a pytree, a projector
 passed into ``jax.jit`` as an argument instead of being baked into the program as a
 constant.
 
+A projector depends on its kind, dimensions and key only, never on the devices: its
+arrays are drawn by ``jax.random`` from the key, bit for bit the same eagerly or inside
+a ``jit`` whose output is sharded over any number of devices, and it is applied row by
+row, so a batch sharded over the devices is projected exactly as the unsharded batch is
+(tests/test_features.py checks 1, 2 and 8 devices).
+
 Kinds (registered in :data:`~evoselect_jax.registry.PROJECTORS`):
 
 - ``gaussian``: dense i.i.d. N(0, 1/out_dim) entries (Johnson & Lindenstrauss 1984).
@@ -25,6 +31,7 @@ without ever concatenating.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -102,12 +109,21 @@ class SparseProjector:
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("in_dim", "out_dim"))
+def _gaussian_matrix(key: jax.Array, in_dim: int, out_dim: int) -> jax.Array:
+  """[in_dim, out_dim] N(0, 1/out_dim) entries.
+
+  Always one jitted program: XLA fuses the scaling into the normal transform, so an
+  eager draw and a draw inside a caller's ``jit`` would otherwise differ in the last bit.
+  """
+  return jax.random.normal(key, (in_dim, out_dim), jnp.float32) * (1.0 / math.sqrt(out_dim))
+
+
 @PROJECTORS.register("gaussian")
 def gaussian(in_dim: int, out_dim: int, key: jax.Array) -> DenseProjector:
   """Dense Gaussian projection, entries N(0, 1/out_dim); memory [in_dim, out_dim]."""
   _check_dims(in_dim, out_dim)
-  matrix = jax.random.normal(key, (in_dim, out_dim), jnp.float32) / math.sqrt(out_dim)
-  return DenseProjector(matrix)
+  return DenseProjector(_gaussian_matrix(key, in_dim, out_dim))
 
 
 @PROJECTORS.register("rademacher")
@@ -115,7 +131,7 @@ def rademacher(in_dim: int, out_dim: int, key: jax.Array) -> DenseProjector:
   """Dense Rademacher projection, entries ±1/sqrt(out_dim); memory [in_dim, out_dim]."""
   _check_dims(in_dim, out_dim)
   signs = jax.random.rademacher(key, (in_dim, out_dim), jnp.float32)
-  return DenseProjector(signs / math.sqrt(out_dim))
+  return DenseProjector(signs * (1.0 / math.sqrt(out_dim)))
 
 
 @PROJECTORS.register("sjlt")
@@ -145,7 +161,7 @@ def sjlt(in_dim: int, out_dim: int, key: jax.Array, nonzeros: int = 4) -> Sparse
   offsets = jax.random.randint(row_key, (in_dim, nonzeros), 0, block, jnp.int32)
   rows = offsets + block * jnp.arange(nonzeros, dtype=jnp.int32)
   signs = jax.random.rademacher(sign_key, (in_dim, nonzeros), jnp.float32)
-  return SparseProjector(rows, signs / math.sqrt(nonzeros), out_dim)
+  return SparseProjector(rows, signs * (1.0 / math.sqrt(nonzeros)), out_dim)
 
 
 def make_projector(name: str, in_dim: int, out_dim: int, key: jax.Array, **options: Any) -> Any:

@@ -1,6 +1,25 @@
-"""Optimal transport: solvers behind one protocol (OT_SOLVERS) and relevance readouts."""
+"""Optimal transport: solvers behind one protocol (OT_SOLVERS) and relevance readouts.
 
-from evoselect_jax.ot import sinkhorn
+Solvers: ``sinkhorn`` (entropic, balanced or unbalanced through ``tau_a``/``tau_b``)
+and ``lowrank`` (rank-constrained plans). :func:`ot_relevance` / :func:`solve` read a
+relevance per candidate off any of them.
+
+Adding a solver is one module:
+
+1. Write ``evoselect_jax/ot/<name>.py`` with a frozen dataclass solver following
+   :mod:`evoselect_jax.ot.base` (``has_potentials``; ``__call__(problem, init)``
+   returning a solution with ``converged``, ``iterations``, ``potentials()``,
+   ``plan_row(i, normalize)`` and ``marginals()``; a dual solver can return
+   :class:`~evoselect_jax.ot.base.DualSolution`), and a factory decorated with
+   ``@OT_SOLVERS.register("<name>")`` that validates the options.
+2. Import the module below, so the registry knows the name.
+3. Select it in a config: ``ot=dict(solver="<name>", **its_options)``; relevance and
+   every OT selector then use it unchanged.
+"""
+
+from evoselect_jax.ot import lowrank, sinkhorn
+from evoselect_jax.ot.base import DualSolution, OTSolution, OTSolver
+from evoselect_jax.ot.lowrank import LowRankSolution, LowRankSolver
 from evoselect_jax.ot.relevance import (
   SCORES,
   OTConfig,
@@ -9,14 +28,19 @@ from evoselect_jax.ot.relevance import (
   ot_relevance,
   solve,
 )
-from evoselect_jax.ot.sinkhorn import DualSolution, SinkhornSolver
+from evoselect_jax.ot.sinkhorn import SinkhornSolver
 
 __all__ = [
   "SCORES",
   "DualSolution",
+  "LowRankSolution",
+  "LowRankSolver",
   "OTConfig",
   "OTRelevance",
+  "OTSolution",
+  "OTSolver",
   "SinkhornSolver",
+  "lowrank",
   "make_ot_config",
   "ot_relevance",
   "sinkhorn",

@@ -1,8 +1,9 @@
 """Relevance of candidates to a target set, read off an entropic OT problem.
 
 Entropic OT between candidates ``x`` [n, d] (weights ``a``) and targets ``y`` [m, d]
-(weights ``b``) with ott-jax (``PointCloud`` -> ``LinearProblem`` -> solver). The
-relevance of candidate i (higher = more aligned) is one of:
+(weights ``b``) with ott-jax (``PointCloud`` -> ``LinearProblem`` -> a solver of
+``OT_SOLVERS``, :mod:`evoselect_jax.ot.base`). The relevance of candidate i (higher =
+more aligned) is one of:
 
 - ``potential`` (GOT-D, Just et al. 2023; LAVA, Just et al. 2023): the calibrated dual
   potential ``s_i = f_i - mean_{j != i} f_j`` (mean over valid candidates), the gradient
@@ -14,6 +15,9 @@ relevance of candidate i (higher = more aligned) is one of:
   ``sum_j P_ij`` (Chizat et al. 2018).
 - ``expected_cost``: ``-sum_j P_ij C_ij / sum_j P_ij``, minus the soft nearest-target
   cost of i under the plan.
+
+``potential`` needs a solver with dual potentials (``sinkhorn``); ``plan_mass`` and
+``expected_cost`` work with any solver (``lowrank`` too).
 
 ``epsilon`` is relative to the cost scale: the solver uses ``epsilon * mean_ij C_ij``
 with the mean taken under ``a ⊗ b`` (so padded rows, ``a_i = 0``, do not change it),
@@ -39,6 +43,7 @@ from flax import struct
 from ott.geometry import costs, pointcloud
 from ott.problems.linear import linear_problem
 
+from evoselect_jax.ot.base import cost_row
 from evoselect_jax.registry import OT_SOLVERS
 
 SCORES = ("potential", "plan_mass", "expected_cost")
@@ -59,7 +64,7 @@ class OTConfig:
     epsilon: entropic regularisation relative to the mean cost.
     tau_a: candidate-marginal relaxation in (0, 1].
     tau_b: target-marginal relaxation in (0, 1].
-    solver: a built OT solver (see :mod:`evoselect_jax.ot.sinkhorn`).
+    solver: a built OT solver (the protocol of :mod:`evoselect_jax.ot.base`).
     batch_size: ``None`` to store the [n, m] cost, else rows per block of the online
       geometry (the cost is never materialised).
   """
@@ -103,6 +108,11 @@ def make_ot_config(
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ValueError(f"OT batch_size must be None or a positive int, got {batch_size!r}")
   built = OT_SOLVERS.get(solver)(**solver_options)
+  if score == "potential" and not built.has_potentials:
+    raise ValueError(
+      f"OT score 'potential' reads dual potentials, which OT solver {solver!r} does not "
+      "return; use score 'plan_mass' or 'expected_cost' with it"
+    )
   return OTConfig(score, cost, float(epsilon), float(tau_a), float(tau_b), built, batch_size)
 
 
@@ -119,49 +129,53 @@ class OTRelevance:
 
   Attributes:
     relevance: [n], higher = more aligned; ``-inf`` where ``a_i = 0``.
-    f: [n] candidate potential (``-inf`` where ``a_i = 0``).
-    g: [m] target potential (``-inf`` where ``b_j = 0``).
-    epsilon: the absolute entropic regularisation used.
-    converged: bool, the solver reached its threshold.
-    iterations: int, solver iterations run.
+    solution: the solver's output (:class:`~evoselect_jax.ot.base.OTSolution`).
+    epsilon: the absolute entropic regularisation of the problem.
     marginal_error: ``||P^T 1 - b||_1``, the target-marginal error of the plan.
-    x: [n, d] candidates as the cost sees them (unit rows for ``cosine``).
-    y: [m, d] targets, likewise.
-    cost: the cost name.
-    batch_size: rows per block when recomputing cost rows.
+    batch_size: rows per block when recomputing plan or cost rows.
   """
 
   relevance: jax.Array
-  f: jax.Array
-  g: jax.Array
+  solution: Any
   epsilon: jax.Array
-  converged: jax.Array
-  iterations: jax.Array
   marginal_error: jax.Array
-  x: jax.Array
-  y: jax.Array
-  cost: str = struct.field(pytree_node=False)
   batch_size: int | None = struct.field(pytree_node=False)
 
+  @property
+  def f(self) -> jax.Array:
+    """[n] candidate potential (``-inf`` where ``a_i = 0``); solvers with potentials only."""
+    return self.solution.potentials()[0]
+
+  @property
+  def g(self) -> jax.Array:
+    """[m] target potential (``-inf`` where ``b_j = 0``); solvers with potentials only."""
+    return self.solution.potentials()[1]
+
+  @property
+  def converged(self) -> jax.Array:
+    """Bool scalar, the solver reached its threshold."""
+    return self.solution.converged
+
+  @property
+  def iterations(self) -> jax.Array:
+    """Int scalar, solver iterations run."""
+    return self.solution.iterations
+
   def plan_rows(self, rows: jax.Array | None = None, *, normalize: bool = False) -> jax.Array:
-    """Rows of the plan ``P_ij = exp((f_i + g_j - C_ij) / epsilon)``, [r, m].
+    """Rows of the plan, [r, m].
 
     Args:
       rows: int [r] candidate indices; ``None`` for all n rows.
-      normalize: divide each row by its sum, i.e. ``softmax_j((g_j - C_ij) / epsilon)``,
-        where candidate i's unit of mass goes; defined even where ``a_i = 0``.
+      normalize: divide each row by its sum: where candidate i's unit of mass goes
+        (for dual solutions ``softmax_j((g_j - C_ij) / epsilon)``, defined even where
+        ``a_i = 0``).
 
     Returns:
       [r, m] plan rows, computed ``batch_size`` rows at a time.
     """
-    x, f = (self.x, self.f) if rows is None else (self.x[rows], self.f[rows])
-    cost_fn = _COST_FNS[self.cost]()
-
-    def row(xi: jax.Array, fi: jax.Array) -> jax.Array:
-      logits = (self.g - cost_fn.all_pairs(xi[None], self.y)[0]) / self.epsilon
-      return jax.nn.softmax(logits) if normalize else jnp.exp(logits + fi / self.epsilon)
-
-    return _map_rows(row, (x, f), self.batch_size)
+    if rows is None:
+      rows = jnp.arange(self.relevance.shape[0])
+    return _map_rows(lambda i: self.solution.plan_row(i, normalize), (rows,), self.batch_size)
 
 
 def _prepare(z: jax.Array, cost: str) -> jax.Array:
@@ -181,26 +195,22 @@ def _mean_cost(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, cost: str
   return a @ jnp.sum(x * x, axis=1) + b @ jnp.sum(y * y, axis=1) - 2.0 * xa @ yb
 
 
-def _score(
-  config: OTConfig, out: OTRelevance, a: jax.Array, geom: pointcloud.PointCloud
-) -> jax.Array:
+def _score(config: OTConfig, solution: Any, a: jax.Array, geom: pointcloud.PointCloud) -> jax.Array:
   """Relevance [n] of ``config.score``; ``-inf`` where ``a_i = 0``."""
   valid = a > 0
   if config.score == "potential":
-    f = jnp.where(valid, out.f, 0.0)
+    f, _ = solution.potentials()
+    f_valid = jnp.where(valid, f, 0.0)
     others = jnp.maximum(jnp.sum(valid) - 1, 1)
-    calibrated = out.f - (jnp.sum(f) - f) / others
-    relevance = -calibrated
+    relevance = -(f - (jnp.sum(f_valid) - f_valid) / others)
   elif config.score == "plan_mass":
-    relevance = geom.marginal_from_potentials(out.f, out.g, axis=1)
+    relevance = solution.marginals()[0]
   else:
-    cost_fn = _COST_FNS[config.cost]()
 
-    def expected(xi: jax.Array) -> jax.Array:
-      c = cost_fn.all_pairs(xi[None], out.y)[0]
-      return jax.nn.softmax((out.g - c) / out.epsilon) @ c
+    def expected(i: jax.Array) -> jax.Array:
+      return solution.plan_row(i, True) @ cost_row(geom, i)
 
-    relevance = -_map_rows(expected, (out.x,), config.batch_size)
+    relevance = -_map_rows(expected, (jnp.arange(a.shape[0]),), config.batch_size)
   return jnp.where(valid, relevance, -jnp.inf)
 
 
@@ -234,22 +244,14 @@ def solve(
     x, y, cost_fn=_COST_FNS[config.cost](), epsilon=epsilon, batch_size=config.batch_size
   )
   problem = linear_problem.LinearProblem(geom, a, b, tau_a=config.tau_a, tau_b=config.tau_b)
-  sol = config.solver(problem, init)
-  col_mass = geom.marginal_from_potentials(sol.f, sol.g, axis=0)
-  out = OTRelevance(
-    relevance=jnp.zeros_like(a),
-    f=sol.f,
-    g=sol.g,
+  solution = config.solver(problem, init)
+  return OTRelevance(
+    relevance=_score(config, solution, a, geom),
+    solution=solution,
     epsilon=epsilon,
-    converged=sol.converged,
-    iterations=sol.iterations,
-    marginal_error=jnp.sum(jnp.abs(col_mass - b)),
-    x=x,
-    y=y,
-    cost=config.cost,
+    marginal_error=jnp.sum(jnp.abs(solution.marginals()[1] - b)),
     batch_size=config.batch_size,
   )
-  return out.replace(relevance=_score(config, out, a, geom))
 
 
 _solve_jit = jax.jit(solve, static_argnums=0)
@@ -299,7 +301,9 @@ def ot_relevance(
     batch_size: online geometry block size; ``None`` stores the [n, m] cost.
     init: warm-start potentials ``(f [n], g [m])``, e.g. from a previous result.
     **solver_options: the solver's options (``sinkhorn``: ``max_iterations``,
-      ``threshold``, ``fixed_iterations``, ``inner_iterations``).
+      ``threshold``, ``fixed_iterations``, ``inner_iterations``; ``lowrank``: ``rank``,
+      ``initializer``, ``gamma``, ``max_iterations``, ``threshold``,
+      ``inner_iterations``).
 
   Returns:
     :class:`OTRelevance` with ``relevance`` [n] and the solution it came from.

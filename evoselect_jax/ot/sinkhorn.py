@@ -1,44 +1,23 @@
-"""Entropic OT solver ``sinkhorn``: ott-jax's Sinkhorn behind the OT solver protocol.
+"""Entropic OT solver ``sinkhorn``: ott-jax's log-domain Sinkhorn (Cuturi 2013).
 
-Protocol (every entry of :data:`~evoselect_jax.registry.OT_SOLVERS`): the factory takes
-the solver's options and returns a frozen, hashable solver (so it can be a static
-argument of ``jax.jit``) that maps ``(problem, init)`` to a :class:`DualSolution`, where
-``problem`` is an ``ott.problems.linear.linear_problem.LinearProblem`` and ``init`` is
-``None`` or warm-start potentials ``(f [n], g [m])``. Balanced and unbalanced problems
-are the same solver: the relaxation lives in the problem's ``tau_a``/``tau_b``
-(Cuturi 2013; Chizat et al. 2018 for the unbalanced updates).
+Follows the protocol of :mod:`evoselect_jax.ot.base` and returns a
+:class:`~evoselect_jax.ot.base.DualSolution`. Unbalanced problems (Chizat et al. 2018)
+need no solver of their own: the marginal relaxations ``tau_a``/``tau_b`` live in the
+problem, as in ott-jax, and the same Sinkhorn runs the unbalanced updates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
+from evoselect_jax.ot.base import DualSolution
 from evoselect_jax.registry import OT_SOLVERS
-
-
-class DualSolution(NamedTuple):
-  """Dual potentials of an entropic OT problem.
-
-  The plan is ``P_ij = exp((f_i + g_j - C_ij) / epsilon)``; ``f_i = -inf`` where
-  ``a_i = 0`` and ``g_j = -inf`` where ``b_j = 0``.
-
-  Attributes:
-    f: [n] potential of the first measure.
-    g: [m] potential of the second measure.
-    converged: bool scalar, the solver's last error was below its threshold.
-    iterations: int scalar, Sinkhorn iterations run.
-  """
-
-  f: jax.Array
-  g: jax.Array
-  converged: jax.Array
-  iterations: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +34,8 @@ class SinkhornSolver:
       once, at the end.
     inner_iterations: iterations between two error checks.
   """
+
+  has_potentials: ClassVar[bool] = True
 
   max_iterations: int = 2000
   threshold: float = 1e-3
@@ -79,7 +60,7 @@ class SinkhornSolver:
       iterations = jnp.asarray(self.max_iterations, jnp.int32)
     else:
       iterations = jnp.asarray(out.n_iters, jnp.int32)
-    return DualSolution(out.f, out.g, out.converged, iterations)
+    return DualSolution(out.f, out.g, problem.geom, out.converged, iterations)
 
 
 @OT_SOLVERS.register("sinkhorn")

@@ -24,6 +24,14 @@ def unit_rows(z: jax.Array) -> jax.Array:
   return z / jnp.where(norm > 0, norm, 1.0)
 
 
+def min_max(x: jax.Array, available: jax.Array) -> jax.Array:
+  """``x`` [n] scaled to [0, 1] over the available entries; 0 elsewhere and when all equal."""
+  lo = jnp.min(jnp.where(available, x, jnp.inf))
+  hi = jnp.max(jnp.where(available, x, -jnp.inf))
+  span = hi - lo
+  return jnp.where(available & (span > 0), (x - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+
+
 def _pick(score: jax.Array, available: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Index of the best available score, and whether there was one."""
   score = jnp.where(available, score, -jnp.inf)

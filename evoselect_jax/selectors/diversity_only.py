@@ -7,30 +7,24 @@ The coverage baseline: pick k candidates that greedily maximise
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import jax
 
 from evoselect_jax.registry import SELECTORS
-from evoselect_jax.selectors.base import Selector, check_inputs
+from evoselect_jax.selectors.base import Selector, make_selector
 from evoselect_jax.selectors.diversity import facility_location
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _diversity_only(
+  candidates: jax.Array, targets: jax.Array, mask: jax.Array, key: jax.Array, *, k: int
+) -> jax.Array:
+  del key
+  return facility_location(candidates, targets, k, mask)
 
 
 @SELECTORS.register("diversity_only")
 def diversity_only() -> Selector:
   """Builds the facility-location baseline."""
-
-  def select(
-    candidates: jax.Array,
-    targets: jax.Array,
-    k: int,
-    key: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    **extras: Any,
-  ) -> jax.Array:
-    del key, extras
-    mask = check_inputs(candidates, targets, k, mask)
-    return facility_location(candidates, targets, k, mask)
-
-  return select
+  return make_selector("diversity_only", _diversity_only)

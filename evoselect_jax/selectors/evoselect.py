@@ -64,8 +64,8 @@ import jax.numpy as jnp
 
 from evoselect_jax.ot import OTConfig, make_ot_config, solve
 from evoselect_jax.registry import SELECTORS
-from evoselect_jax.selectors.base import Selector, check_inputs
-from evoselect_jax.selectors.diversity import unit_rows
+from evoselect_jax.selectors.base import Selector, make_selector
+from evoselect_jax.selectors.diversity import min_max, unit_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +81,6 @@ class EvoSelectConfig:
   bandwidth: float
 
 
-def _min_max(x: jax.Array, available: jax.Array) -> jax.Array:
-  """``x`` scaled to [0, 1] over the available entries (all 0 when they are equal)."""
-  lo = jnp.min(jnp.where(available, x, jnp.inf))
-  hi = jnp.max(jnp.where(available, x, -jnp.inf))
-  span = hi - lo
-  return jnp.where(available & (span > 0), (x - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-
-
 def _align(
   config: EvoSelectConfig,
   candidates: jax.Array,
@@ -100,10 +92,14 @@ def _align(
 ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
   """Assignments A [n, m], relevance [n] and potentials for the current sub-round.
 
-  ``sim`` [n, m] holds the candidate-target cosines; ``unmet`` [m] the target weights.
+  ``sim`` [n, m] holds the candidate-target cosines; ``unmet`` [m] the target weights;
+  ``init`` the previous potentials (a solver without potentials starts afresh).
   """
   a = available.astype(jnp.float32)
   if config.alignment == "ot":
+    if not config.ot.solver.has_potentials:
+      sol = solve(config.ot, candidates, targets, a, unmet)
+      return sol.plan_rows(normalize=True), sol.relevance, init
     sol = solve(config.ot, candidates, targets, a, unmet, init)
     return sol.plan_rows(normalize=True), sol.relevance, (sol.f, sol.g)
   cost = 1.0 - sim
@@ -115,8 +111,15 @@ def _align(
 
 @functools.partial(jax.jit, static_argnames=("config", "k"))
 def _evoselect(
-  candidates: jax.Array, targets: jax.Array, mask: jax.Array, config: EvoSelectConfig, k: int
+  candidates: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+  key: jax.Array,
+  *,
+  k: int,
+  config: EvoSelectConfig,
 ) -> jax.Array:
+  del key
   n, m = candidates.shape[0], targets.shape[0]
   u = unit_rows(candidates)
   sim = u @ unit_rows(targets).T
@@ -129,7 +132,7 @@ def _evoselect(
     picked, available, received, max_sim, f, g = state
     unmet = jnp.maximum(demand - received, 0.0)
     assign, relevance, (f, g) = _align(config, candidates, targets, sim, available, unmet, (f, g))
-    relevance = _min_max(relevance, available)
+    relevance = min_max(relevance, available)
 
     def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
       picked, available, received, max_sim = inner
@@ -163,6 +166,7 @@ def _evoselect(
 
 
 def _factory(
+  name: str,
   alignment: str,
   ot: dict[str, Any] | None,
   sub_rounds: int,
@@ -172,16 +176,16 @@ def _factory(
   bandwidth: float,
 ) -> Selector:
   if not isinstance(sub_rounds, int) or sub_rounds < 1:
-    raise ValueError(f"evoselect sub_rounds must be a positive int, got {sub_rounds!r}")
-  for name, value in (
+    raise ValueError(f"{name} sub_rounds must be a positive int, got {sub_rounds!r}")
+  for option, value in (
     ("demand_weight", demand_weight),
     ("relevance_weight", relevance_weight),
     ("redundancy", redundancy),
   ):
     if not value >= 0:
-      raise ValueError(f"evoselect {name} must be nonnegative, got {value!r}")
+      raise ValueError(f"{name} {option} must be nonnegative, got {value!r}")
   if not bandwidth > 0:
-    raise ValueError(f"evoselect bandwidth must be positive, got {bandwidth!r}")
+    raise ValueError(f"{name} bandwidth must be positive, got {bandwidth!r}")
   config = EvoSelectConfig(
     make_ot_config(**(ot or {})),
     alignment,
@@ -191,21 +195,7 @@ def _factory(
     float(redundancy),
     float(bandwidth),
   )
-
-  def select(
-    candidates: jax.Array,
-    targets: jax.Array,
-    k: int,
-    key: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    **extras: Any,
-  ) -> jax.Array:
-    del key, extras
-    mask = check_inputs(candidates, targets, k, mask)
-    return _evoselect(candidates, targets, mask, config, k)
-
-  return select
+  return make_selector(name, _evoselect, config=config)
 
 
 @SELECTORS.register("evoselect")
@@ -233,7 +223,9 @@ def evoselect(
   Returns:
     The selector.
   """
-  return _factory("ot", ot, sub_rounds, demand_weight, relevance_weight, redundancy, bandwidth)
+  return _factory(
+    "evoselect", "ot", ot, sub_rounds, demand_weight, relevance_weight, redundancy, bandwidth
+  )
 
 
 @SELECTORS.register("evoselect_no_diversity")
@@ -242,7 +234,7 @@ def evoselect_no_diversity(
 ) -> Selector:
   """Ablation: EvoSelect with one OT solve and no redundancy penalty."""
   # bandwidth is unused when redundancy is 0
-  return _factory("ot", ot, 1, demand_weight, relevance_weight, 0.0, 1.0)
+  return _factory("evoselect_no_diversity", "ot", ot, 1, demand_weight, relevance_weight, 0.0, 1.0)
 
 
 @SELECTORS.register("evoselect_cosine")
@@ -262,4 +254,13 @@ def evoselect_cosine(
   ot = dict(ot or {})
   if ot.get("cost", "cosine") != "cosine":
     raise ValueError(f"evoselect_cosine uses the cosine cost; got ot.cost={ot['cost']!r}")
-  return _factory("cosine", ot, sub_rounds, demand_weight, relevance_weight, redundancy, bandwidth)
+  return _factory(
+    "evoselect_cosine",
+    "cosine",
+    ot,
+    sub_rounds,
+    demand_weight,
+    relevance_weight,
+    redundancy,
+    bandwidth,
+  )

@@ -16,13 +16,20 @@ import jax.numpy as jnp
 
 from evoselect_jax.ot import OTConfig, make_ot_config, solve
 from evoselect_jax.registry import SELECTORS
-from evoselect_jax.selectors.base import Selector, check_inputs
+from evoselect_jax.selectors.base import Selector, make_selector
 
 
 @functools.partial(jax.jit, static_argnames=("config", "k"))
 def _gotd(
-  candidates: jax.Array, targets: jax.Array, mask: jax.Array, config: OTConfig, k: int
+  candidates: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+  key: jax.Array,
+  *,
+  k: int,
+  config: OTConfig,
 ) -> jax.Array:
+  del key
   b = jnp.ones((targets.shape[0],), jnp.float32)
   relevance = solve(config, candidates, targets, mask.astype(jnp.float32), b).relevance
   return jax.lax.top_k(relevance, k)[1].astype(jnp.int32)
@@ -43,18 +50,4 @@ def gotd(ot: dict[str, Any] | None = None) -> Selector:
   if ot.setdefault("score", "potential") != "potential":
     raise ValueError(f"gotd ranks by the OT potential; got ot.score={ot['score']!r}")
   config = make_ot_config(**ot)
-
-  def select(
-    candidates: jax.Array,
-    targets: jax.Array,
-    k: int,
-    key: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    **extras: Any,
-  ) -> jax.Array:
-    del key, extras
-    mask = check_inputs(candidates, targets, k, mask)
-    return _gotd(candidates, targets, mask, config, k)
-
-  return select
+  return make_selector("gotd", _gotd, config=config)

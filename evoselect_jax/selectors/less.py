@@ -10,13 +10,12 @@ candidate gradients happens upstream, in
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from evoselect_jax.registry import SELECTORS
-from evoselect_jax.selectors.base import Selector, check_inputs
+from evoselect_jax.selectors.base import Selector, make_selector
 from evoselect_jax.selectors.diversity import unit_rows
 
 REDUCTIONS = ("max", "mean")
@@ -24,8 +23,15 @@ REDUCTIONS = ("max", "mean")
 
 @functools.partial(jax.jit, static_argnames=("k", "reduce"))
 def _less(
-  candidates: jax.Array, targets: jax.Array, mask: jax.Array, k: int, reduce: str
+  candidates: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+  key: jax.Array,
+  *,
+  k: int,
+  reduce: str,
 ) -> jax.Array:
+  del key
   sim = unit_rows(candidates) @ unit_rows(targets).T
   score = jnp.max(sim, axis=1) if reduce == "max" else jnp.mean(sim, axis=1)
   return jax.lax.top_k(jnp.where(mask, score, -jnp.inf), k)[1].astype(jnp.int32)
@@ -43,18 +49,4 @@ def less(reduce: str = "max") -> Selector:
   """
   if reduce not in REDUCTIONS:
     raise ValueError(f"less reduce must be one of {REDUCTIONS}, got {reduce!r}")
-
-  def select(
-    candidates: jax.Array,
-    targets: jax.Array,
-    k: int,
-    key: jax.Array,
-    *,
-    mask: jax.Array | None = None,
-    **extras: Any,
-  ) -> jax.Array:
-    del key, extras
-    mask = check_inputs(candidates, targets, k, mask)
-    return _less(candidates, targets, mask, k, reduce)
-
-  return select
+  return make_selector("less", _less, reduce=reduce)
