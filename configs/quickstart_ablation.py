@@ -14,6 +14,7 @@ from evoselect_jax.config import parse_arg
 
 BASELINES = (
   "random",
+  "all",
   "loss",
   "less",
   "gotd",

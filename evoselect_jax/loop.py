@@ -294,11 +294,10 @@ def run_round(
       )
     jax.block_until_ready((cand, targ, extras))
   finite = np.asarray(cand.finite)
+  valid = pool.mask & finite
+  k = int(valid.sum()) if getattr(selector, "whole_pool", False) else config.budget
   with _timed(seconds, "select"):
-    idx = selector(
-      cand.features, targ.features, config.budget, key_sel, mask=pool.mask & finite, **extras
-    )
-    idx = np.asarray(idx)
+    idx = np.asarray(selector(cand.features, targ.features, k, key_sel, mask=valid, **extras))
   chosen = [pool.examples[i] for i in idx]
   selected = {k: v[idx] for k, v in pool.encoded.items()}
   data = selected

@@ -1,6 +1,7 @@
 """Selectors: EvoSelect and every baseline, one module each, registered in SELECTORS."""
 
 from evoselect_jax.selectors import (
+  all,  # noqa: F401 (registers the "all" selector)
   diversity_only,
   embedding,
   evoselect,

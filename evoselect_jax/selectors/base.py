@@ -152,12 +152,15 @@ class CoreSelector:
       -> int32[k]``, jitted with ``k`` and the options static.
     requires: names of the extras the core takes (see :data:`EXTRAS`).
     options: the core's static keyword options (hashable values).
+    whole_pool: the selector takes every valid candidate (``all``): the harness
+      passes ``k`` = the number of valid candidates instead of the budget.
   """
 
   name: str
   core: Callable[..., jax.Array]
   requires: tuple[str, ...]
   options: Mapping[str, Any]
+  whole_pool: bool = False
 
   def __call__(
     self,
@@ -180,6 +183,7 @@ def make_selector(
   core: Callable[..., jax.Array],
   *,
   requires: tuple[str, ...] = (),
+  whole_pool: bool = False,
   **options: Any,
 ) -> CoreSelector:
   """Builds the :class:`CoreSelector` ``name`` around ``core`` with static ``options``.
@@ -188,6 +192,7 @@ def make_selector(
     name: the registered name.
     core: the jitted core (signature in :class:`CoreSelector`).
     requires: names of the extras the core takes, from :data:`EXTRAS`.
+    whole_pool: see :class:`CoreSelector`.
     **options: static keyword options passed to every call of ``core``.
 
   Returns:
@@ -196,7 +201,7 @@ def make_selector(
   unknown = [r for r in requires if r not in EXTRAS]
   if unknown:
     raise ValueError(f"Selector {name!r} requires unknown extras {unknown}; valid: {EXTRAS}")
-  return CoreSelector(name, core, tuple(requires), dict(options))
+  return CoreSelector(name, core, tuple(requires), dict(options), whole_pool)
 
 
 def build_selector(cfg: Mapping[str, Any]) -> Selector:
