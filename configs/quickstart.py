@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.clean = dict(near_dup_jaccard=0.95)
 
   c.model = dict(
+    name="tiny",  # a decoder trained from scratch on the task's word vocabulary
     hidden_size=64,
     intermediate_size=176,
     num_layers=2,

@@ -19,7 +19,7 @@ from evoselect_jax import loop, report
 from evoselect_jax.eval import prompts
 from evoselect_jax.features import make_tree_projector
 from evoselect_jax.models import llama
-from evoselect_jax.registry import GENERATORS, TASKS
+from evoselect_jax.registry import GENERATORS, MODELS, TASKS
 from evoselect_jax.selectors import build_selector
 from evoselect_jax.train import losses, optim
 
@@ -47,6 +47,7 @@ def run(
   task = TASKS.build(config.task)
   generator = GENERATORS.build(config.generator, task=task)
   selectors = {name: build_selector(cfg) for name, cfg in methods(config).items()}
+  MODELS.get(config.model.name)
   loop.check_features_config(config.features)
   names = list(selectors)
 
@@ -54,23 +55,27 @@ def run(
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   (workdir / "metrics.jsonl").unlink(missing_ok=True)
   log(task.describe())
-  test = prompts.encode_for_scoring(task.tokenizer, task.test, config.max_len, config.max_choices)
-  target = prompts.encode_for_training(task.tokenizer, task.target, config.max_len)
 
   writer = report.MetricsWriter(workdir)
   rows: list[dict[str, Any]] = []
   for seed in config.seeds:
     key_init, key_warmup, key_proj, key_rounds = jax.random.split(jax.random.key(seed), 4)
-    model_config = llama.LlamaConfig(vocab_size=task.tokenizer.vocab_size, **config.model)
-    params, lora = llama.init(model_config, key_init)
-    params = _warmup(model_config, params, task, config, seed, key_warmup, progress)
-    base = loop.Learner(model_config, params, lora)
+    model = MODELS.build(config.model, task=task, key=key_init)
+    tokenizer = model.tokenizer
+    test = prompts.encode_for_scoring(tokenizer, task.test, config.max_len, config.max_choices)
+    target = prompts.encode_for_training(tokenizer, task.target, config.max_len)
+    params = model.params
+    if config.warmup.steps:
+      params = _warmup(model.config, params, task, tokenizer, config, seed, key_warmup, progress)
+    base = loop.Learner(model.config, params, model.lora)
     diff = loop.feature_params(base, config.features.params, config.features.last_k)
     projector = make_tree_projector(
       config.features.projector.name, diff, config.features.projector.out_dim, key_proj
     )
     acc0 = loop.evaluate(base, test, batch_size=config.eval.batch_size)
-    log(f"seed {seed}, after warm-up: test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})")
+    log(
+      f"seed {seed}, before round 1: test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})"
+    )
     for name in names:
       rows.append({"seed": seed, "method": name, "round": 0, **acc0})
       writer.write(rows[-1])
@@ -86,7 +91,7 @@ def run(
       pool = loop.make_pool(
         raw,
         test=task.test,
-        tokenizer=task.tokenizer,
+        tokenizer=tokenizer,
         size=config.pool_size,
         max_len=config.max_len,
         round_idx=rnd,
@@ -128,10 +133,10 @@ def run(
   return rows
 
 
-def _warmup(model_config, params, task, config, seed, key, progress):
-  """Full-parameter training on the task family's warm-up mix (no LoRA)."""
+def _warmup(model_config, params, task, tokenizer, config, seed, key, progress):
+  """Full-parameter training on the task's warm-up mix (no LoRA), e.g. the synthetic family."""
   examples = task.pretrain(config.warmup.examples, seed=seed)
-  data = prompts.encode_for_training(task.tokenizer, examples, config.max_len)
+  data = prompts.encode_for_training(tokenizer, examples, config.max_len)
 
   def loss_fn(p, batch):
     logits = llama.apply(model_config, p, None, batch["tokens"], batch["attention_mask"])

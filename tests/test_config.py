@@ -9,7 +9,7 @@ from ml_collections import config_flags
 
 from evoselect_jax import experiment
 from evoselect_jax.config import parse_arg
-from evoselect_jax.registry import GENERATORS, SELECTORS, TASKS
+from evoselect_jax.registry import GENERATORS, MODELS, SELECTORS, TASKS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
@@ -28,6 +28,7 @@ def test_config_builds_with_smoke(path):
   config.lock()
   TASKS.get(config.task.name)
   GENERATORS.get(config.generator.name)
+  MODELS.get(config.model.name)
   for cfg in experiment.methods(config).values():
     SELECTORS.get(cfg["name"])
 
