@@ -110,13 +110,15 @@ def plot_accuracy(
   """Target-task test accuracy per round, one line per method (mean, shaded ± std over seeds)."""
   fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
   rounds = sorted({r["round"] for r in rows})
-  for m in methods:
+  colors = plt.get_cmap("tab20").colors
+  for i, m in enumerate(methods):
     stats = [_by_method(rows, m, rnd, "acc") for rnd in rounds]
     mean = np.array([v.mean() for v in stats])
     std = np.array([v.std() for v in stats])
-    ax.plot(rounds, mean, marker="o", label=m)
+    color = colors[(2 * i) % 20 + (2 * i) // 20]  # the strong shades first, then the light
+    ax.plot(rounds, mean, marker="o", label=m, color=color, linewidth=2.5 if i == 0 else 1.2)
     if any(len(v) > 1 for v in stats):
-      ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+      ax.fill_between(rounds, mean - std, mean + std, alpha=0.12, color=color)
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("round")
   ax.set_ylabel("test accuracy (target task)")
