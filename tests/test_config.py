@@ -12,7 +12,7 @@ from evoselect_jax.config import parse_arg
 from evoselect_jax.registry import GENERATORS, MODELS, SELECTORS, TASKS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
 
 
 def _load(path, arg):

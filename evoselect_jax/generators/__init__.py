@@ -1,3 +1,3 @@
 """Generators: each module registers its builders in ``registry.GENERATORS`` on import."""
 
-from evoselect_jax.generators import simulated  # noqa: F401
+from evoselect_jax.generators import jsonl, local, openai, replay, simulated  # noqa: F401

@@ -40,6 +40,20 @@ from evoselect_jax.registry import GENERATORS
 from evoselect_jax.types import MCQExample
 
 KINDS = ("aligned", "noise", "off_task", "near_dup", "malformed")
+
+
+def kind_counts(fractions: dict[str, float], n: int) -> dict[str, int]:
+  """Records of each kind among ``n``: largest remainders, each within 1 of fraction·n.
+
+  Ties go to the kind listed first in ``fractions``.
+  """
+  kinds = list(fractions)
+  quotas = {kind: fractions[kind] * n for kind in kinds}
+  counts = {kind: math.floor(q) for kind, q in quotas.items()}
+  by_remainder = sorted(kinds, key=lambda k: (counts[k] - quotas[k], kinds.index(k)))
+  for kind in by_remainder[: n - sum(counts.values())]:
+    counts[kind] += 1
+  return counts
 DEFECTS = ("not_json", "missing_field", "bad_choices", "bad_answer")
 LETTERS = "ABCDEFGHIJ"
 
@@ -102,13 +116,8 @@ class SimulatedGenerator:
     self.near_dup_sources = near_dup_sources
 
   def counts(self, n: int) -> dict[str, int]:
-    """Records of each kind in a call for ``n``: largest remainders, each within 1 of f·n."""
-    quotas = {kind: self.fractions[kind] * n for kind in KINDS}
-    counts = {kind: math.floor(q) for kind, q in quotas.items()}
-    by_remainder = sorted(KINDS, key=lambda k: (counts[k] - quotas[k], KINDS.index(k)))
-    for kind in by_remainder[: n - sum(counts.values())]:
-      counts[kind] += 1
-    return counts
+    """Records of each kind in a call for ``n`` (see :func:`kind_counts`)."""
+    return kind_counts(self.fractions, n)
 
   def generate(self, exemplars: Sequence[MCQExample], n: int, seed: int) -> list[str]:
     """``n`` raw records imitating ``exemplars``, in random order.

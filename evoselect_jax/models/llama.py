@@ -22,6 +22,10 @@ LoRA factors live in the collection ``lora`` under the same module path
 (``layers_{i}/self_attn/q_proj/{lora_a [in, r], lora_b [r, out]}``), so a gradient
 can be taken w.r.t. the adapters alone: ``jax.grad(lambda lora: loss(apply(config,
 params, lora, ...)))``.
+
+For decoding, :func:`apply_with_cache` runs a chunk of tokens against a preallocated
+:class:`KVCache` (keys and values of every earlier token), so each new token costs one
+position instead of the whole sequence.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import struct
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -201,6 +206,46 @@ class LlamaConfig:
     return inv_freq if self.rope_scaling is None else self.rope_scaling.scale(inv_freq)
 
 
+@struct.dataclass
+class KVCache:
+  """Keys and values of the tokens seen so far, preallocated to ``T`` slots per row.
+
+  Every row writes its chunks at the same slots (``length`` is shared), so a batch of
+  left-padded prompts stays aligned; ``mask`` tells real tokens from padding. Build
+  one with :func:`init_cache`.
+
+  Attributes:
+    keys: [layers, b, kv_heads, T, head_dim] keys after RoPE, in the compute dtype.
+    values: [layers, b, kv_heads, T, head_dim] values, in the compute dtype.
+    mask: bool[b, T], true on slots that hold a real token.
+    length: int32[], slots written so far; the next chunk goes to ``[length, length + t)``.
+  """
+
+  keys: jax.Array
+  values: jax.Array
+  mask: jax.Array
+  length: jax.Array
+
+  @property
+  def max_length(self) -> int:
+    """``T``, the number of slots per row."""
+    return self.keys.shape[3]
+
+
+def init_cache(config: LlamaConfig, batch: int, max_length: int) -> KVCache:
+  """An empty :class:`KVCache` of ``max_length`` slots for ``batch`` rows."""
+  if batch < 1 or max_length < 1:
+    raise ValueError(f"A KV cache needs batch >= 1 and max_length >= 1, got {batch}, {max_length}")
+  c = config
+  shape = (c.num_layers, batch, c.num_kv_heads, max_length, c.head_dim)
+  return KVCache(
+    keys=jnp.zeros(shape, c.compute_dtype),
+    values=jnp.zeros(shape, c.compute_dtype),
+    mask=jnp.zeros((batch, max_length), bool),
+    length=jnp.zeros((), jnp.int32),
+  )
+
+
 class RMSNorm(nn.Module):
   """Root-mean-square norm (Zhang & Sennrich 2019), statistics in float32 as in HF."""
 
@@ -269,14 +314,35 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
 
 
 class Attention(nn.Module):
-  """Causal grouped-query self-attention with RoPE; softmax in float32."""
+  """Causal grouped-query self-attention with RoPE; softmax in float32.
+
+  Attributes:
+    config: the architecture.
+    use_lora: add LoRA adapters to the projections in ``config.lora_targets``.
+    layer: index of this block's keys and values in a :class:`KVCache`.
+  """
 
   config: LlamaConfig
   use_lora: bool
+  layer: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-    """``x [b, t, d]``, ``positions int32[b, t]``, ``mask bool[b, t, t]`` -> ``[b, t, d]``."""
+  def __call__(
+    self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Attends from ``x`` to itself, or to everything in ``cache`` once ``x`` is written there.
+
+    Args:
+      x: [b, t, d] inputs.
+      positions: int32[b, t] RoPE positions.
+      mask: bool[b, t, s], which keys each query sees: ``s = t`` without a cache, else
+        ``s = T``, the cache's slots.
+      cache: ``None``, or a cache whose slots ``[length, length + t)`` receive this
+        chunk's keys and values (``length`` itself is advanced by the caller).
+
+    Returns:
+      ``([b, t, d] outputs, the cache with this layer's new keys and values)``.
+    """
     c = self.config
     b, t, _ = x.shape
     kv, groups, hd = c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim
@@ -291,12 +357,20 @@ class Attention(nn.Module):
     inv_freq = c.rope_inv_freq()
     q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
     q = q.reshape(b, t, kv, groups, hd)  # head h = kv_head * groups + g, as HF repeat_kv.
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kv, t, hd], the cache layout
+    if cache is not None:
+      # Writes only the new slots, so a decoding loop updates the cache in place.
+      start = (self.layer, 0, 0, cache.length, 0)
+      keys = jax.lax.dynamic_update_slice(cache.keys, k[None].astype(cache.keys.dtype), start)
+      values = jax.lax.dynamic_update_slice(cache.values, v[None].astype(cache.values.dtype), start)
+      cache = cache.replace(keys=keys, values=values)
+      k, v = keys[self.layer], values[self.layer]
+    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(hd)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, c.num_heads * hd)
-    return proj("o_proj", c.hidden_size, False)(out)
+    out = jnp.einsum("bkgqs,bksd->bqkgd", probs, v).reshape(b, t, c.num_heads * hd)
+    return proj("o_proj", c.hidden_size, False)(out), cache
 
 
 class MLP(nn.Module):
@@ -318,20 +392,29 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+  """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+  Attributes:
+    config: the architecture.
+    use_lora: add LoRA adapters.
+    layer: index of this block in a :class:`KVCache`.
+  """
 
   config: LlamaConfig
   use_lora: bool
+  layer: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-    """``x [b, t, d]`` -> ``[b, t, d]``."""
+  def __call__(
+    self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+  ) -> tuple[jax.Array, KVCache | None]:
+    """``x [b, t, d]`` -> ``([b, t, d], cache)``; see :meth:`Attention.__call__`."""
     c = self.config
     norm = lambda name: RMSNorm(c.rms_norm_eps, c.compute_dtype, name=name)
-    x = x + Attention(c, self.use_lora, name="self_attn")(
-      norm("input_layernorm")(x), positions, mask
-    )
-    return x + MLP(c, self.use_lora, name="mlp")(norm("post_attention_layernorm")(x))
+    attn = Attention(c, self.use_lora, self.layer, name="self_attn")
+    h, cache = attn(norm("input_layernorm")(x), positions, mask, cache)
+    x = x + h
+    return x + MLP(c, self.use_lora, name="mlp")(norm("post_attention_layernorm")(x)), cache
 
 
 class Llama(nn.Module):
@@ -341,8 +424,13 @@ class Llama(nn.Module):
   use_lora: bool
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-    """Next-token logits.
+  def __call__(
+    self,
+    tokens: jax.Array,
+    attention_mask: jax.Array | None = None,
+    cache: KVCache | None = None,
+  ) -> jax.Array | tuple[jax.Array, KVCache]:
+    """Next-token logits, of the whole chunk or (with a cache) of its last position.
 
     Args:
       tokens: int32[b, t] token ids.
@@ -350,25 +438,41 @@ class Llama(nn.Module):
         may sit on either side: positions count real tokens only (cumsum of the mask),
         and padded keys are never attended to. Logits at padded positions are finite
         but meaningless.
+      cache: ``None``, or a :class:`KVCache` holding the earlier tokens of each row; the
+        chunk continues them (positions go on from the cache's real tokens) and is
+        written to slots ``[length, length + t)``, which must fit in the cache.
 
     Returns:
-      float32[b, t, V] logits; position i scores token i + 1.
+      Without a cache, float32[b, t, V] logits; position i scores token i + 1. With a
+      cache, ``(float32[b, V] logits of the chunk's last position, the updated cache)``.
     """
     c = self.config
     if attention_mask is None:
       attention_mask = jnp.ones(tokens.shape, bool)
     attention_mask = attention_mask.astype(bool)
-    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
     t = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    mask = causal[None] & attention_mask[:, None, :]  # [b, q, k]
+    if cache is None:
+      positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      mask = causal[None] & attention_mask[:, None, :]  # [b, q, k]
+    else:
+      if t > cache.max_length:
+        raise ValueError(f"A chunk of {t} tokens exceeds the cache's {cache.max_length} slots")
+      seen = jnp.sum(cache.mask, axis=-1, dtype=jnp.int32)  # real tokens already cached
+      positions = jnp.maximum(seen[:, None] + jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+      slots = jnp.arange(cache.max_length)
+      causal = slots[None, :] <= cache.length + jnp.arange(t)[:, None]  # [q, T]
+      key_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, cache.length))
+      mask = causal[None] & key_mask[:, None, :]  # [b, q, T]
 
     embed = nn.Embed(
       c.vocab_size, c.hidden_size, embedding_init=nn.initializers.normal(0.02), name="embed_tokens"
     )
     x = embed(tokens).astype(c.compute_dtype)
     for i in range(c.num_layers):
-      x = DecoderLayer(c, self.use_lora, name=f"layers_{i}")(x, positions, mask)
+      x, cache = DecoderLayer(c, self.use_lora, i, name=f"layers_{i}")(x, positions, mask, cache)
+    if cache is not None:
+      x = x[:, -1]  # Decoding needs the last position only; skips [b, t, V] logits.
     x = RMSNorm(c.rms_norm_eps, c.compute_dtype, name="norm")(x)
     if c.tie_word_embeddings:
       head = embed.embedding.T
@@ -376,7 +480,10 @@ class Llama(nn.Module):
       head = self.param(
         "lm_head", nn.initializers.normal(0.02), (c.hidden_size, c.vocab_size), jnp.float32
       )
-    return jnp.dot(x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
+    logits = jnp.dot(x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
+    if cache is None:
+      return logits
+    return logits, cache.replace(mask=key_mask, length=cache.length + t)
 
 
 def init(config: LlamaConfig, key: jax.Array, seq_len: int = 8) -> tuple[dict, dict]:
@@ -413,3 +520,34 @@ def apply(
   """
   variables = {"params": params} if lora is None else {"params": params, "lora": lora}
   return Llama(config, use_lora=lora is not None).apply(variables, tokens, attention_mask)
+
+
+def apply_with_cache(
+  config: LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  tokens: jax.Array,
+  attention_mask: jax.Array | None,
+  cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+  """Runs a chunk of tokens after those in ``cache``; pure and jit-friendly.
+
+  Prefill with the (left-padded) prompts, then feed one token at a time: the logits
+  equal those of :func:`apply` on the whole sequence so far, at its last position.
+
+  Args:
+    config: the architecture (static under jit).
+    params: the ``params`` collection.
+    lora: the ``lora`` collection, or ``None`` for the base model.
+    tokens: int32[b, t], the chunk.
+    attention_mask: bool[b, t] (true on real tokens) or ``None`` for all real.
+    cache: the cache from :func:`init_cache` or an earlier call; ``cache.length + t``
+      must not exceed its ``max_length`` (not checkable under jit: a chunk past the end
+      would overwrite the last slots).
+
+  Returns:
+    ``(float32[b, V] logits of the chunk's last position, the cache with the chunk)``.
+  """
+  variables = {"params": params} if lora is None else {"params": params, "lora": lora}
+  model = Llama(config, use_lora=lora is not None)
+  return model.apply(variables, tokens, attention_mask, cache)

@@ -38,6 +38,7 @@ class BenchmarkTask:
     target_split: str | None = None,
     test_split: str | None = None,
     num_target: int | None = None,
+    num_test: int | None = None,
     seed: int = 0,
     exclude: Sequence[str] = (),
     data_dir: str | os.PathLike | None = None,
@@ -51,6 +52,8 @@ class BenchmarkTask:
       num_target: the target's size, drawn without replacement (seeded); ``None`` keeps
         the whole target split. Required when the two splits are one: the target is
         then drawn from it and the test is the rest.
+      num_test: evaluate on a seeded sample of this many test examples (fixed across
+        rounds and methods; for CPU-sized runs); ``None`` keeps the whole test split.
       seed: seeds the draw of the target.
       exclude: quirks (:data:`formats.QUIRKS`) whose examples are dropped from both,
         e.g. ``("needs_image",)`` for HeadQA; the drop counts are in :attr:`excluded`.
@@ -85,6 +88,11 @@ class BenchmarkTask:
       self.test = [ex for ex, c in zip(target, chosen, strict=True) if not c]
     else:
       self.test = self._load(self.test_split, data_dir)
+    if num_test is not None:
+      if not 1 <= num_test <= len(self.test):
+        raise ValueError(f"{name}: num_test must be in 1..{len(self.test)}, got {num_test!r}")
+      keep = np.random.default_rng([seed, 1]).choice(len(self.test), num_test, replace=False)
+      self.test = [self.test[i] for i in sorted(keep)]
 
   def _load(self, split: str, data_dir) -> list[MCQExample]:
     examples = catalog.load_task(self.name, split, data_dir)
