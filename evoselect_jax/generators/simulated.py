@@ -54,6 +54,8 @@ def kind_counts(fractions: dict[str, float], n: int) -> dict[str, int]:
   for kind in by_remainder[: n - sum(counts.values())]:
     counts[kind] += 1
   return counts
+
+
 DEFECTS = ("not_json", "missing_field", "bad_choices", "bad_answer")
 LETTERS = "ABCDEFGHIJ"
 
