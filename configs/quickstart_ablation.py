@@ -17,6 +17,7 @@ BASELINES = (
   "all",
   "loss",
   "less",
+  "embedding",
   "gotd",
   "tsds",
   "diversity_only",

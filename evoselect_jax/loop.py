@@ -169,19 +169,36 @@ def featurize(
   )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
-def example_losses(config, params, lora, encoded, *, micro_batch: int) -> jax.Array:
-  """Per-example answer-token losses ``[n]`` under the current model."""
+def _map_chunks(fn, encoded, micro_batch: int) -> jax.Array:
+  """``fn(batch) -> [b, ...]`` over ``encoded`` in chunks of ``micro_batch`` rows (lax.map)."""
   n = encoded["tokens"].shape[0]
   size = min(micro_batch, n)
   chunks = -(-n // size)
   index = jnp.minimum(jnp.arange(chunks * size), n - 1).reshape(chunks, size)
+  out = jax.lax.map(lambda idx: fn(jax.tree.map(lambda x: x[idx], encoded)), index)
+  return out.reshape(chunks * size, *out.shape[2:])[:n]
 
-  def chunk(idx):
-    batch = jax.tree.map(lambda x: x[idx], encoded)
-    return _batch_losses(config, params, lora, batch)
 
-  return jax.lax.map(chunk, index).reshape(-1)[:n]
+@functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
+def example_losses(config, params, lora, encoded, *, micro_batch: int) -> jax.Array:
+  """Per-example answer-token losses ``[n]`` under the current model."""
+  return _map_chunks(lambda b: _batch_losses(config, params, lora, b), encoded, micro_batch)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
+def example_embeddings(config, params, lora, encoded, *, micro_batch: int) -> jax.Array:
+  """Mean final hidden state over each example's real tokens, ``[n, d]``.
+
+  The representation-based (RDS) baseline of Xia et al. 2024 (LESS); the ``embedding``
+  selector compares candidates to targets with it.
+  """
+
+  def embed(batch):
+    h = llama.hidden_states(config, params, lora, batch["tokens"], batch["attention_mask"])
+    w = batch["attention_mask"].astype(jnp.float32)[..., None]
+    return (h * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+  return _map_chunks(embed, encoded, micro_batch)
 
 
 def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool):
@@ -283,15 +300,15 @@ def run_round(
       learner, pool.encoded, projector, config.features, candidates=True
     )
     targ, _ = _features(learner, target, projector, config.features, candidates=False)
+    requires = getattr(selector, "requires", ())
+    model = (learner.config, learner.params, learner.lora)
+    mb = config.features.micro_batch
     extras = {}
-    if "losses" in getattr(selector, "requires", ()):
-      extras["losses"] = example_losses(
-        learner.config,
-        learner.params,
-        learner.lora,
-        pool.encoded,
-        micro_batch=config.features.micro_batch,
-      )
+    if "losses" in requires:
+      extras["losses"] = example_losses(*model, pool.encoded, micro_batch=mb)
+    if "candidate_embeddings" in requires or "target_embeddings" in requires:
+      extras["candidate_embeddings"] = example_embeddings(*model, pool.encoded, micro_batch=mb)
+      extras["target_embeddings"] = example_embeddings(*model, target, micro_batch=mb)
     jax.block_until_ready((cand, targ, extras))
   finite = np.asarray(cand.finite)
   valid = pool.mask & finite

@@ -131,3 +131,21 @@ def test_make_pool_pads_with_mask_and_rejects_empty(setup):
   assert pool.rejected == {"not_json": 1}
   with pytest.raises(ValueError, match=r"Round 1: no valid candidates among 1 generated.*not_json"):
     make(["not json"])
+
+
+def test_example_embeddings_mean_of_final_hidden_states(setup):
+  _, learner, encoded = setup
+  got = loop.example_embeddings(
+    learner.config, learner.params, learner.lora, encoded, micro_batch=3
+  )
+  h = llama.hidden_states(
+    learner.config, learner.params, learner.lora, encoded["tokens"], encoded["attention_mask"]
+  )
+  for i in range(7):
+    real = np.asarray(encoded["attention_mask"][i])
+    np.testing.assert_allclose(got[i], np.asarray(h[i])[real].mean(0), rtol=1e-4, atol=1e-5)
+  # The hidden states are what the LM head reads: tied head -> logits = h @ E^T.
+  logits = llama.apply(learner.config, learner.params, learner.lora, encoded["tokens"])
+  emb = learner.params["embed_tokens"]["embedding"]
+  h_all = llama.hidden_states(learner.config, learner.params, learner.lora, encoded["tokens"])
+  np.testing.assert_allclose(logits, h_all @ emb.T, rtol=1e-4, atol=1e-4)

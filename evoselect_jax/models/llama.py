@@ -474,6 +474,7 @@ class Llama(nn.Module):
     if cache is not None:
       x = x[:, -1]  # Decoding needs the last position only; skips [b, t, V] logits.
     x = RMSNorm(c.rms_norm_eps, c.compute_dtype, name="norm")(x)
+    self.sow("intermediates", "final_hidden", x)  # read by hidden_states(); else a no-op
     if c.tie_word_embeddings:
       head = embed.embedding.T
     else:
@@ -551,3 +552,20 @@ def apply_with_cache(
   variables = {"params": params} if lora is None else {"params": params, "lora": lora}
   model = Llama(config, use_lora=lora is not None)
   return model.apply(variables, tokens, attention_mask, cache)
+
+
+def hidden_states(
+  config: LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  tokens: jax.Array,
+  attention_mask: jax.Array | None = None,
+) -> jax.Array:
+  """The final (normalised) hidden states float32[b, t, d] that the LM head reads.
+
+  Under ``jax.jit`` the unused logits are dropped by XLA.
+  """
+  variables = {"params": params} | ({"lora": lora} if lora is not None else {})
+  model = Llama(config, use_lora=lora is not None)
+  _, state = model.apply(variables, tokens, attention_mask, mutable=["intermediates"])
+  return state["intermediates"]["final_hidden"][0].astype(jnp.float32)
