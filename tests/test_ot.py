@@ -10,7 +10,13 @@ import ot as pot
 import pytest
 from scipy.stats import spearmanr
 
-from evoselect_jax.ot import DualSolution, make_ot_config, ot_relevance, relevance
+from evoselect_jax.ot import (
+  DualSolution,
+  make_ot_config,
+  ot_relevance,
+  ot_relevance_output,
+  relevance,
+)
 from evoselect_jax.registry import OT_SOLVERS
 from evoselect_jax.selectors import build_selector
 
@@ -45,7 +51,7 @@ def test_registry_and_solver_options():
 
 def test_potential_matches_pot_sinkhorn():
   x, y = points(13, 7)
-  out = ot_relevance(x, y, epsilon=0.1, **TIGHT)
+  out = ot_relevance_output(x, y, epsilon=0.1, **TIGHT)
   assert bool(out.converged) and float(out.marginal_error) < 1e-5
   cost = cosine_cost(x, y)
   np.testing.assert_allclose(float(out.epsilon), 0.1 * cost.mean(), rtol=1e-5)
@@ -62,7 +68,7 @@ def test_weighted_sqeuclidean_matches_pot():
   x, y = points(9, 5, seed=1)
   rng = np.random.default_rng(1)
   a, b = rng.uniform(0.5, 1.5, 9), rng.uniform(0.5, 1.5, 5)
-  out = ot_relevance(x, y, cost="sqeuclidean", epsilon=0.2, a=a, b=b, **TIGHT)
+  out = ot_relevance_output(x, y, cost="sqeuclidean", epsilon=0.2, a=a, b=b, **TIGHT)
   cost = ((x[:, None] - y[None]) ** 2).sum(-1).astype(np.float64)
   a, b = a / a.sum(), b / b.sum()
   np.testing.assert_allclose(float(out.epsilon), 0.2 * a @ cost @ b, rtol=1e-5)
@@ -76,7 +82,7 @@ def test_weighted_sqeuclidean_matches_pot():
 def test_plan_mass_matches_pot_unbalanced():
   x, y = points(11, 6, seed=2)
   tau = 0.7
-  out = ot_relevance(x, y, score="plan_mass", epsilon=0.1, tau_a=tau, **TIGHT)
+  out = ot_relevance_output(x, y, score="plan_mass", epsilon=0.1, tau_a=tau, **TIGHT)
   reg = float(out.epsilon)
   rho = reg * tau / (1 - tau)  # ott's tau = rho / (rho + eps)
   a, b = np.full(11, 1 / 11), np.full(6, 1 / 6)
@@ -91,7 +97,7 @@ def test_plan_mass_matches_pot_unbalanced():
 
 def test_expected_cost_is_plan_weighted_cost():
   x, y = points(10, 4, seed=3)
-  out = ot_relevance(x, y, score="expected_cost", epsilon=0.1, **TIGHT)
+  out = ot_relevance_output(x, y, score="expected_cost", epsilon=0.1, **TIGHT)
   plan = np.asarray(out.plan_rows())
   want = -(plan * cosine_cost(x, y)).sum(1) / plan.sum(1)
   np.testing.assert_allclose(out.relevance, want, rtol=1e-5, atol=1e-6)
@@ -102,7 +108,7 @@ def test_expected_cost_is_plan_weighted_cost():
 
 def test_small_epsilon_recovers_exact_assignment():
   x, y = points(7, 7, seed=4)
-  out = ot_relevance(x, y, epsilon=2e-3, threshold=1e-4, max_iterations=20000)
+  out = ot_relevance_output(x, y, epsilon=2e-3, threshold=1e-4, max_iterations=20000)
   assert bool(out.converged)
   exact = pot.emd(np.full(7, 1 / 7), np.full(7, 1 / 7), cosine_cost(x, y))
   np.testing.assert_allclose(out.plan_rows(), exact, atol=1e-3)
@@ -114,8 +120,8 @@ def test_small_epsilon_recovers_exact_assignment():
 def test_online_equals_dense(score, tau_a):
   x, y = points(13, 7, seed=5)
   kw = dict(score=score, tau_a=tau_a, epsilon=0.1, **TIGHT)
-  dense = ot_relevance(x, y, **kw)
-  online = ot_relevance(x, y, batch_size=4, **kw)
+  dense = ot_relevance_output(x, y, **kw)
+  online = ot_relevance_output(x, y, batch_size=4, **kw)
   np.testing.assert_allclose(online.relevance, dense.relevance, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(online.plan_rows(), dense.plan_rows(), rtol=1e-4, atol=1e-7)
 
@@ -124,8 +130,8 @@ def test_padded_candidates_get_minus_inf_and_do_not_change_the_rest():
   x, y = points(9, 5, seed=6)
   pad = np.concatenate([x, np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)])
   a = np.r_[np.ones(9), np.zeros(4)]
-  padded = ot_relevance(pad, y, a=a, epsilon=0.1, **TIGHT)
-  plain = ot_relevance(x, y, epsilon=0.1, **TIGHT)
+  padded = ot_relevance_output(pad, y, a=a, epsilon=0.1, **TIGHT)
+  plain = ot_relevance_output(x, y, epsilon=0.1, **TIGHT)
   assert np.all(np.isneginf(np.asarray(padded.relevance[9:])))
   np.testing.assert_allclose(padded.relevance[:9], plain.relevance, atol=1e-5)
   np.testing.assert_allclose(float(padded.epsilon), float(plain.epsilon), rtol=1e-6)
@@ -134,10 +140,10 @@ def test_padded_candidates_get_minus_inf_and_do_not_change_the_rest():
 
 def test_fixed_iterations_and_warm_start():
   x, y = points(12, 5, seed=7)
-  fixed = ot_relevance(x, y, epsilon=0.1, max_iterations=30, fixed_iterations=True)
+  fixed = ot_relevance_output(x, y, epsilon=0.1, max_iterations=30, fixed_iterations=True)
   assert int(fixed.iterations) == 30
-  cold = ot_relevance(x, y, epsilon=0.1, threshold=1e-5)
-  warm = ot_relevance(x, y, epsilon=0.1, threshold=1e-5, init=(cold.f, cold.g))
+  cold = ot_relevance_output(x, y, epsilon=0.1, threshold=1e-5)
+  warm = ot_relevance_output(x, y, epsilon=0.1, threshold=1e-5, init=(cold.f, cold.g))
   assert bool(warm.converged) and int(warm.iterations) < int(cold.iterations)
   np.testing.assert_allclose(warm.relevance, cold.relevance, atol=1e-4)
 
@@ -145,15 +151,15 @@ def test_fixed_iterations_and_warm_start():
 def test_bad_options_fail_loudly():
   x, y = points(5, 3)
   with pytest.raises(ValueError, match="tau_a < 1"):
-    ot_relevance(x, y, score="plan_mass", tau_b=0.5)
+    ot_relevance_output(x, y, score="plan_mass", tau_b=0.5)
   with pytest.raises(ValueError, match="Unknown OT score"):
-    ot_relevance(x, y, score="distance")
+    ot_relevance_output(x, y, score="distance")
   with pytest.raises(ValueError, match="weights a"):
-    ot_relevance(x, y, a=np.zeros(5))
+    ot_relevance_output(x, y, a=np.zeros(5))
   with pytest.raises(ValueError, match="Unknown OT solver"):
-    ot_relevance(x, y, solver="emd")
+    ot_relevance_output(x, y, solver="emd")
   with pytest.raises(ValueError, match=r"candidates \[n, d\]"):
-    ot_relevance(x, y[:, :2])
+    ot_relevance_output(x, y[:, :2])
 
 
 def clustered(seed=0):
@@ -170,8 +176,8 @@ def clustered(seed=0):
 
 def test_lowrank_plan_marginals_and_relevance_track_dense_sinkhorn():
   x, y = clustered()
-  lowrank = ot_relevance(x, y, score="expected_cost", solver="lowrank", rank=3)
-  dense = ot_relevance(x, y, score="expected_cost", epsilon=0.05, **TIGHT)
+  lowrank = ot_relevance_output(x, y, score="expected_cost", solver="lowrank", rank=3)
+  dense = ot_relevance_output(x, y, score="expected_cost", epsilon=0.05, **TIGHT)
   assert bool(lowrank.converged)
   rows, cols = lowrank.solution.marginals()
   np.testing.assert_allclose(rows, np.full(27, 1 / 27), rtol=2e-3)  # Dykstra, not exact
@@ -191,8 +197,8 @@ def test_lowrank_plan_marginals_and_relevance_track_dense_sinkhorn():
 def test_lowrank_unbalanced_plan_mass_tracks_dense_sinkhorn():
   x, y = clustered(1)
   kw = dict(score="plan_mass", tau_a=0.7)
-  lowrank = ot_relevance(x, y, solver="lowrank", rank=3, **kw)
-  dense = ot_relevance(x, y, epsilon=0.05, **kw, **TIGHT)
+  lowrank = ot_relevance_output(x, y, solver="lowrank", rank=3, **kw)
+  dense = ot_relevance_output(x, y, epsilon=0.05, **kw, **TIGHT)
   assert float(lowrank.marginal_error) < 1e-2  # the target marginal stays (nearly) hard
   assert spearmanr(lowrank.relevance, dense.relevance)[0] > 0.9  # measured 0.996
 
@@ -200,7 +206,7 @@ def test_lowrank_unbalanced_plan_mass_tracks_dense_sinkhorn():
 def test_lowrank_padded_candidates_get_no_mass():
   x, y = clustered(2)
   a = np.r_[np.ones(20), np.zeros(7)]
-  out = ot_relevance(x, y, a=a, score="expected_cost", solver="lowrank", rank=3)
+  out = ot_relevance_output(x, y, a=a, score="expected_cost", solver="lowrank", rank=3)
   assert np.isneginf(np.asarray(out.relevance[20:])).all()
   assert np.isfinite(np.asarray(out.relevance[:20])).all()
   np.testing.assert_allclose(out.solution.marginals()[0][20:], 0.0, atol=1e-7)
@@ -212,13 +218,15 @@ def test_lowrank_has_no_potentials():
     make_ot_config(score="potential", solver="lowrank")
   with pytest.raises(ValueError, match="'potential' reads dual potentials"):
     build_selector(dict(name="gotd", ot=dict(solver="lowrank")))
-  out = ot_relevance(x, y, score="expected_cost", solver="lowrank", rank=2)
+  out = ot_relevance_output(x, y, score="expected_cost", solver="lowrank", rank=2)
   with pytest.raises(ValueError, match="'lowrank' returns a factored plan"):
     _ = out.f
   with pytest.raises(ValueError, match="no dual potentials to warm-start"):
-    ot_relevance(x, y, score="expected_cost", solver="lowrank", init=(np.zeros(27), np.zeros(10)))
+    ot_relevance_output(
+      x, y, score="expected_cost", solver="lowrank", init=(np.zeros(27), np.zeros(10))
+    )
   with pytest.raises(ValueError, match=r"rank=11 exceeds min\(n, m\)"):
-    ot_relevance(x, y, score="expected_cost", solver="lowrank", rank=11)
+    ot_relevance_output(x, y, score="expected_cost", solver="lowrank", rank=11)
 
 
 @pytest.mark.parametrize(
@@ -231,11 +239,11 @@ def test_lowrank_has_no_potentials():
 )
 def test_ot_solve_compiles_once_per_shape(kw):
   x, y = points(13, 7, seed=8)
-  ot_relevance(x, y, **kw)
+  ot_relevance_output(x, y, **kw)
   before = relevance._solve_jit._cache_size()
   x2, y2 = points(13, 7, seed=9)
   a = np.r_[np.ones(10), np.zeros(3)]
-  ot_relevance(x2, y2, a=a, b=np.arange(1, 8), **kw)
+  ot_relevance_output(x2, y2, a=a, b=np.arange(1, 8), **kw)
   assert relevance._solve_jit._cache_size() == before
 
 
@@ -269,8 +277,8 @@ def plain_sinkhorn(iterations: int = 500):
 
 def test_a_solver_is_one_module():
   x, y = points(11, 5, seed=10)
-  plain = ot_relevance(x, y, epsilon=0.1, solver="test_plain_sinkhorn")
-  ott = ot_relevance(x, y, epsilon=0.1, **TIGHT)
+  plain = ot_relevance_output(x, y, epsilon=0.1, solver="test_plain_sinkhorn")
+  ott = ot_relevance_output(x, y, epsilon=0.1, **TIGHT)
   np.testing.assert_allclose(plain.relevance, ott.relevance, atol=1e-4)
   np.testing.assert_allclose(plain.plan_rows(), ott.plan_rows(), atol=1e-6)
   select = build_selector(dict(name="gotd", ot=dict(solver="test_plain_sinkhorn", epsilon=0.1)))
@@ -279,3 +287,12 @@ def test_a_solver_is_one_module():
   assert set(np.asarray(select(x, y, 4, key)).tolist()) == set(
     np.asarray(want(x, y, 4, key)).tolist()
   )
+
+
+def test_ot_relevance_is_the_relevance_array():
+  x = jax.random.normal(jax.random.key(0), (13, 5))
+  y = jax.random.normal(jax.random.key(1), (6, 5))
+  got = ot_relevance(x, y, score="expected_cost", epsilon=0.1)
+  assert got.shape == (13,)
+  want = ot_relevance_output(x, y, score="expected_cost", epsilon=0.1).relevance
+  np.testing.assert_array_equal(got, want)

@@ -26,6 +26,7 @@ from evoselect_jax.ot.relevance import (
   OTRelevance,
   make_ot_config,
   ot_relevance,
+  ot_relevance_output,
   solve,
 )
 from evoselect_jax.ot.sinkhorn import SinkhornSolver
@@ -43,6 +44,7 @@ __all__ = [
   "lowrank",
   "make_ot_config",
   "ot_relevance",
+  "ot_relevance_output",
   "sinkhorn",
   "solve",
 ]

@@ -268,7 +268,7 @@ def _weights(w: jax.Array | None, size: int, name: str) -> jax.Array:
   return jnp.asarray(w, jnp.float32)
 
 
-def ot_relevance(
+def ot_relevance_output(
   candidates: jax.Array,
   targets: jax.Array,
   *,
@@ -328,3 +328,23 @@ def ot_relevance(
   if init is not None and (jnp.shape(init[0]) != (n,) or jnp.shape(init[1]) != (m,)):
     raise ValueError(f"init must be potentials (f [{n}], g [{m}])")
   return _solve_jit(config, candidates, targets, a, b, init)
+
+
+def ot_relevance(
+  candidates: jax.Array,
+  targets: jax.Array,
+  *,
+  score: str = "potential",
+  cost: str = "cosine",
+  epsilon: float | None = None,
+  tau_b: float = 1.0,
+  **options: Any,
+) -> jax.Array:
+  """Relevance [n] of each candidate to the targets (higher = more aligned).
+
+  The same arguments as :func:`ot_relevance_output`, which also returns the
+  potentials, convergence flag, iterations and marginal error.
+  """
+  return ot_relevance_output(
+    candidates, targets, score=score, cost=cost, epsilon=epsilon, tau_b=tau_b, **options
+  ).relevance
