@@ -2,7 +2,8 @@
 
 For each option the score is the summed log-probability of its continuation tokens
 given the prompt; ``acc`` takes the argmax of the score and ``acc_norm`` the argmax of
-the score divided by the option's length in characters (Gao et al. 2021, "A framework
+the score divided by the option's length in characters (``len(choice)``, without the
+leading space, as lm-eval's ``acc_norm``; not bytes) (Gao et al. 2021, "A framework
 for few-shot language model evaluation").
 """
 
@@ -37,6 +38,28 @@ class MCQAOutput:
   loglik: np.ndarray
   pred: np.ndarray
   pred_norm: np.ndarray
+
+  @classmethod
+  def from_loglik(
+    cls, loglik: np.ndarray, answer: np.ndarray, cont_chars: np.ndarray
+  ) -> MCQAOutput:
+    """Predictions and accuracies from ``loglik float32[n, C]`` (-inf on padding options).
+
+    Args:
+      loglik: summed log-probability of each option.
+      answer: int32[n] index of the correct option.
+      cont_chars: float32[n, C] characters of each option (1 on padding options).
+    """
+    pred = np.argmax(loglik, axis=-1).astype(np.int32)
+    pred_norm = np.argmax(loglik / cont_chars, axis=-1).astype(np.int32)
+    answer = np.asarray(answer)
+    return cls(
+      acc=float(np.mean(pred == answer)),
+      acc_norm=float(np.mean(pred_norm == answer)),
+      loglik=loglik,
+      pred=pred,
+      pred_norm=pred_norm,
+    )
 
 
 @functools.partial(jax.jit, static_argnames="logits_static")
@@ -93,14 +116,4 @@ def mcqa_accuracy(
   ]
   loglik = np.full(n * c, -np.inf, np.float32)
   loglik[rows] = np.concatenate([np.asarray(s) for s in scores])[: len(rows)]
-  loglik = loglik.reshape(n, c)
-  pred = np.argmax(loglik, axis=-1).astype(np.int32)
-  pred_norm = np.argmax(loglik / encoded["cont_chars"], axis=-1).astype(np.int32)
-  answer = np.asarray(encoded["answer"])
-  return MCQAOutput(
-    acc=float(np.mean(pred == answer)),
-    acc_norm=float(np.mean(pred_norm == answer)),
-    loglik=loglik,
-    pred=pred,
-    pred_norm=pred_norm,
-  )
+  return MCQAOutput.from_loglik(loglik.reshape(n, c), encoded["answer"], encoded["cont_chars"])
