@@ -312,14 +312,14 @@ def run_round(
     jax.block_until_ready((cand, targ, extras))
   finite = np.asarray(cand.finite)
   valid = pool.mask & finite
-  k = int(valid.sum()) if getattr(selector, "whole_pool", False) else config.budget
+  budget = int(valid.sum()) if getattr(selector, "whole_pool", False) else config.budget
   with _timed(seconds, "select"):
-    idx = np.asarray(selector(cand.features, targ.features, k, key_sel, mask=valid, **extras))
+    idx = np.asarray(selector(cand.features, targ.features, budget, key_sel, mask=valid, **extras))
   chosen = [pool.examples[i] for i in idx]
-  selected = {k: v[idx] for k, v in pool.encoded.items()}
+  selected = {name: v[idx] for name, v in pool.encoded.items()}
   data = selected
   if config.finetune.replay and replay:
-    data = {k: np.concatenate([r[k] for r in replay] + [v]) for k, v in selected.items()}
+    data = {name: np.concatenate([r[name] for r in replay] + [v]) for name, v in selected.items()}
   with _timed(seconds, "finetune"):
     learner = finetune(learner, data, key=key_ft, cfg=config.finetune, progress=progress, desc=desc)
   with _timed(seconds, "evaluate"):
