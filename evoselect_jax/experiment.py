@@ -4,24 +4,65 @@ Every method sees the same generated pool in a round (the generator does not
 depend on the learner), the same budget and the same training; only the selector
 differs. Seeds vary the model's initialisation, the generated pools and every key;
 the task (target and test split) is fixed by ``config.task``.
+
+Resume. The run walks its stages in a fixed order: per seed, ``warmup``, ``evaluate``
+(round 0), then per round ``generate``, ``clean`` and, per method, ``featurize``,
+``select``, ``finetune``, ``evaluate``; then ``report``. Each stage's output is saved
+in the workdir (:mod:`evoselect_jax.workdir`) before the next stage starts, and a
+stage whose output is there is loaded instead of run, so rerunning the same command
+on a workdir continues at the first unfinished stage and ends with the outputs of an
+uninterrupted run (the ``seconds`` of each stage aside). Keys come from the seed,
+round and method alone (``fold_in``), and the exemplar picks from a numpy generator
+that is stepped through every round, loaded or not, so a resumed run draws exactly
+the keys and picks of an uninterrupted one. A workdir written by another config is
+refused with the list of differing fields. ``progress.log`` gets a line as each stage
+starts.
+
+Bad input is a counted rejection (malformed generator records, by reason, in every
+metrics row; NaN/inf gradients, excluded from selection and from the target set) or an
+error that names it, raised with everything finished so far on disk. Two policies are
+config fields (top level, optional):
+
+- ``on_small_pool``: fewer valid candidates than the budget: ``select_all`` (default:
+  select every valid one, logged, ``selected`` in the metrics) or ``fail``.
+- ``ot_on_nonconvergence``: the OT problem of an OT selector did not converge (its
+  ``ot`` metrics give the target-marginal error): ``warn`` (default: logged) or
+  ``fail``.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
 import json
-import pathlib
+import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from evoselect_jax import loop, report
+from evoselect_jax import atomic_io, loop, report, sharding
 from evoselect_jax.eval import prompts
 from evoselect_jax.features import make_tree_projector
+from evoselect_jax.generators.jsonl import JsonlGenerator
+from evoselect_jax.generators.openai import GeneratorError
 from evoselect_jax.models import llama
 from evoselect_jax.registry import GENERATORS, MODELS, TASKS
 from evoselect_jax.selectors import build_selector
 from evoselect_jax.train import losses, optim
+from evoselect_jax.types import MCQExample
+from evoselect_jax.workdir import Workdir
+
+# Optional top-level config fields: name -> (default, valid values).
+POLICIES = {
+  "on_small_pool": ("select_all", loop.SMALL_POOL_POLICIES),
+  "ot_on_nonconvergence": ("warn", ("warn", "fail")),
+}
+
+
+class OTNotConvergedError(RuntimeError):
+  """An OT selector's solve did not converge and ``ot_on_nonconvergence='fail'``."""
 
 
 def methods(config) -> dict[str, Any]:
@@ -32,116 +73,510 @@ def methods(config) -> dict[str, Any]:
   return out
 
 
-def run(
-  config, workdir: str | pathlib.Path, *, progress: bool = True, log=print
-) -> list[dict[str, Any]]:
-  """Runs ``config`` for every seed in ``config.seeds``; returns the metric rows.
+def policies(config) -> dict[str, str]:
+  """The config's bad-input policies (see the module docstring); an unknown value fails."""
+  out = {}
+  for name, (default, valid) in POLICIES.items():
+    value = config.get(name, default)
+    if value not in valid:
+      raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}")
+    out[name] = value
+  return out
+
+
+def make_layout(config) -> sharding.Layout | None:
+  """The device layout of ``config.mesh`` over this process's devices; None without one.
+
+  Per-example features split the pool over the mesh's ``data`` axis, OT and the greedy
+  run on candidate rows split the same way, and fine-tuning is data parallel.
+  Experiments run in one process (all its devices); several processes share a mesh
+  at the level of a selection round (:mod:`evoselect_jax.distributed`,
+  tests/test_multihost.py).
+  """
+  if jax.process_count() > 1:
+    raise ValueError(
+      f"experiments.main runs in one process, found {jax.process_count()} "
+      "(jax.distributed is initialised); launch it once per machine without it"
+    )
+  mesh = config.get("mesh")
+  if mesh is None:
+    return None
+  layout = sharding.make_layout(mesh, config.get("sharding_rules", sharding.DEFAULT_RULES))
+  if layout.mesh.devices.size == 1:
+    return None  # nothing to split
+  sizes = {"pool_size": config.pool_size, "finetune.batch_size": config.finetune.batch_size}
+  bad = {name: size for name, size in sizes.items() if size % layout.data_size}
+  if bad:
+    raise ValueError(
+      f"{bad} must be multiples of the mesh's data axis ({layout.data_size} devices); "
+      "change them or set mesh.data"
+    )
+  return layout
+
+
+def run(config, workdir, *, progress: bool = True, log=print) -> list[dict[str, Any]]:
+  """Runs ``config`` for every seed in ``config.seeds``, resuming what ``workdir`` holds.
 
   Writes under ``workdir``: ``config.json`` (resolved config), ``metrics.jsonl`` (one
   object per seed, round and method), ``tensorboard/<method>/``,
   ``selections/seed_<s>/<method>/round_XX.jsonl``, ``accuracy.png`` (mean over
-  seeds per round) and ``results.md`` (final accuracy per method, mean ± std).
+  seeds per round), ``results.md`` (final accuracy per method, mean ± std), and the
+  saved stages under ``state/`` (:mod:`evoselect_jax.workdir`).
+
+  Returns:
+    The metric rows, in the order of ``metrics.jsonl``.
+
+  Raises:
+    ConfigMismatchError: ``workdir`` holds a run of another config.
+    ValueError: unknown component names or options (before any work), or bad input
+      (e.g. a round with no valid candidate).
   """
-  workdir = pathlib.Path(workdir)
   # Components by name: a bad name fails here, before any work.
   task = TASKS.build(config.task)
   generator = GENERATORS.build(config.generator, task=task)
   selectors = {name: build_selector(cfg) for name, cfg in methods(config).items()}
   MODELS.get(config.model.name)
   loop.check_features_config(config.features)
-  names = list(selectors)
+  policy = policies(config)
+  layout = make_layout(config)
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-  (workdir / "metrics.jsonl").unlink(missing_ok=True)
-  log(task.describe())
+  workdir = Workdir(workdir)
+  with workdir.lock():
+    # The optional policy fields are written with their values, set or default.
+    resolved = json.loads(config.to_json_best_effort()) | policy
+    resumed = workdir.start(json.dumps(resolved, indent=2))
+    log(task.describe())
+    walk = _Walk(
+      config, workdir, task, generator, selectors, policy, layout, progress, log, resumed
+    )
+    try:
+      return walk.run()
+    except BaseException as e:
+      e.add_note(walk.stages.stopped())
+      raise
+    finally:
+      walk.close()
 
-  writer = report.MetricsWriter(workdir)
-  rows: list[dict[str, Any]] = []
-  for seed in config.seeds:
+
+class _Stages:
+  """Marks each stage as it starts (``progress.log``); logs where a resumed run continues."""
+
+  def __init__(self, workdir: Workdir, log, resumed: bool):
+    self.workdir = workdir
+    self.log = log
+    self.resumed = resumed
+    self.loaded = 0
+    self.begun = 0
+    self.current: str | None = None  # the stage running, None while loading saved ones
+
+  def load(self) -> None:
+    """Counts a stage whose output was loaded from the workdir."""
+    self.loaded += 1
+    self.current = None
+
+  def begin(self, stage: str, where: str) -> None:
+    """Marks the start of ``stage`` at ``where`` (e.g. ``seed 0 round 2 evoselect``)."""
+    if not self.begun and self.resumed:
+      done = (
+        f"{self.loaded} finished stage(s) loaded from {self.workdir.state}"
+        if self.loaded
+        else "no stage had finished"
+      )
+      self.log(f"Resuming {self.workdir.root}: {done}; continuing at {stage} ({where})")
+    self.begun += 1
+    self.current = f"{stage} ({where})"
+    self.workdir.mark(f"{stage}: {where}")
+
+  def stopped(self) -> str:
+    """A note for an error: where the run stopped and that it can resume."""
+    at = f"during {self.current}" if self.current else "while loading the saved stages"
+    return (
+      f"The run stopped {at}. Every stage finished before is saved in {self.workdir.root} "
+      "(state/, metrics.jsonl, selections/): rerun the same command to resume from there."
+    )
+
+
+def _where(seed: int, rnd: int | None = None, method: str | None = None) -> str:
+  parts = [f"seed {seed}"] + ([f"round {rnd}"] if rnd is not None else [])
+  return " ".join(parts + ([method] if method else []))
+
+
+@dataclasses.dataclass
+class _Seed:
+  """What the rounds of one seed share."""
+
+  seed: int
+  tokenizer: Any
+  test: Any
+  target: Any
+  base: loop.Learner
+  projector: Any
+  key_rounds: jax.Array
+  learners: dict[str, loop.Learner | None]  # None: in the checkpoint of the last round
+  replay: dict[str, list]
+
+
+class _Walk:
+  """The stages of a run, each loaded from the workdir or run and saved."""
+
+  def __init__(
+    self, config, workdir, task, generator, selectors, policy, layout, progress, log, resumed
+  ):
+    self.config = config
+    self.layout = layout
+    self.workdir = workdir
+    self.task = task
+    self.generator = generator
+    self.selectors = selectors
+    self.names = list(selectors)
+    self.policy = policy
+    self.progress = progress
+    self.log = log
+    self.stages = _Stages(workdir, log, resumed)
+    self.writer = report.MetricsWriter(workdir.root)
+    self.checkpoints = {}
+
+  def close(self) -> None:
+    self.writer.close()
+    for ckpt in self.checkpoints.values():
+      ckpt.close()
+
+  def _checkpoints(self, seed: int, name: str):
+    if (seed, name) not in self.checkpoints:
+      self.checkpoints[seed, name] = self.workdir.checkpoints(seed, name)
+    return self.checkpoints[seed, name]
+
+  def run(self) -> list[dict[str, Any]]:
+    config = self.config
+    for seed in config.seeds:
+      s = self._start_seed(seed)
+      rng = np.random.default_rng(seed)
+      for rnd in range(1, config.rounds + 1):
+        # Drawn in every round, loaded or not, so later rounds draw what they would have.
+        picks = rng.choice(len(self.task.target), config.num_exemplars, replace=False)
+        pool = self._pool(s, rnd, picks)
+        for i, name in enumerate(self.names):
+          key = jax.random.fold_in(s.key_rounds, rnd * len(self.names) + i)
+          self._method_round(s, rnd, name, pool, key)
+      self.log(report.format_table([r for r in self.writer.rows if r["seed"] == seed], self.names))
+    self.stages.begin("report", f"seeds {list(config.seeds)}")
+    self.writer.flush()
+    rows = self.writer.rows
+    report.plot_accuracy(
+      rows,
+      self.names,
+      self.workdir.root / "accuracy.png",
+      title=f"{config.task.name}: target-task accuracy",
+    )
+    summary = report.results_table(rows, self.names)
+    atomic_io.write_text(self.workdir.root / "results.md", summary + "\n")
+    self.log(summary)
+    self.log(
+      f"outputs in {self.workdir.root}: results.md, metrics.jsonl, accuracy.png, selections/, "
+      "tensorboard/"
+    )
+    return rows
+
+  def _start_seed(self, seed: int) -> _Seed:
+    """Model, encodings, warm-up and round-0 accuracy of one seed."""
+    config = self.config
     key_init, key_warmup, key_proj, key_rounds = jax.random.split(jax.random.key(seed), 4)
-    model = MODELS.build(config.model, task=task, key=key_init)
+    model = MODELS.build(config.model, task=self.task, key=key_init)
     tokenizer = model.tokenizer
-    test = prompts.encode_for_scoring(tokenizer, task.test, config.max_len, config.max_choices)
-    target = prompts.encode_for_training(tokenizer, task.target, config.max_len)
+    test = prompts.encode_for_scoring(tokenizer, self.task.test, config.max_len, config.max_choices)
+    target = prompts.encode_for_training(tokenizer, self.task.target, config.max_len)
     params = model.params
     if config.warmup.steps:
-      params = _warmup(model.config, params, task, tokenizer, config, seed, key_warmup, progress)
+      ckpt = self._checkpoints(seed, "warmup")
+      if ckpt.has(0):
+        params, _ = ckpt.restore(0, model.params)
+        self.stages.load()
+      else:
+        self.stages.begin("warmup", _where(seed))
+        params = _warmup(
+          model.config, params, self.task, tokenizer, config, seed, key_warmup, self.progress
+        )
+        ckpt.save(0, params, {"steps": config.warmup.steps})
     base = loop.Learner(model.config, params, model.lora)
     diff = loop.feature_params(base, config.features.params, config.features.last_k)
     projector = make_tree_projector(
       config.features.projector.name, diff, config.features.projector.out_dim, key_proj
     )
-    acc0 = loop.evaluate(base, test, batch_size=config.eval.batch_size)
-    log(
-      f"seed {seed}, before round 1: test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})"
+    path = self.workdir.round_dir(seed, 0) / "row.json"
+    loaded = path.exists()
+    if loaded:
+      acc0 = atomic_io.read_json(path)
+      self.stages.load()
+    else:
+      self.stages.begin("evaluate", _where(seed, 0))
+      acc0 = loop.evaluate(base, test, batch_size=config.eval.batch_size)
+      atomic_io.write_json(path, acc0)
+    log_acc = f"test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})"
+    self.log(f"seed {seed}, before round 1: {log_acc}")
+    for name in self.names:
+      self.writer.add({"seed": seed, "method": name, "round": 0, **acc0}, new=not loaded)
+    return _Seed(
+      seed,
+      tokenizer,
+      test,
+      target,
+      base,
+      projector,
+      key_rounds,
+      learners={name: base for name in self.names},
+      replay={name: [] for name in self.names},
     )
-    for name in names:
-      rows.append({"seed": seed, "method": name, "round": 0, **acc0})
-      writer.write(rows[-1])
 
-    learners = {name: base for name in names}
-    replay: dict[str, list] = {name: [] for name in names}
-    rng = np.random.default_rng(seed)
-    for rnd in range(1, config.rounds + 1):
-      picks = rng.choice(len(task.target), config.num_exemplars, replace=False)
-      raw = generator.generate(
-        [task.target[i] for i in picks], config.pool_size, seed=seed * 1_000_003 + rnd
-      )
-      pool = loop.make_pool(
-        raw,
-        test=task.test,
-        tokenizer=tokenizer,
-        size=config.pool_size,
-        max_len=config.max_len,
-        round_idx=rnd,
-        clean_cfg=config.clean,
-      )
-      rejected = dict(pool.rejected)
-      kept = f"kept {len(pool.examples)} of {len(raw)} generated"
-      log(f"seed {seed} round {rnd}: {kept}; rejected {rejected}")
-      for i, name in enumerate(names):
-        out = loop.run_round(
-          learners[name],
-          selectors[name],
-          pool,
-          target,
-          test,
-          replay[name],
-          config,
-          projector=projector,
-          key=jax.random.fold_in(key_rounds, rnd * len(names) + i),
-          progress=progress,
-          desc=f"seed {seed} round {rnd} {name}",
+  def _pool(self, s: _Seed, rnd: int, picks: np.ndarray) -> loop.Pool:
+    """The round's cleaned pool: loaded, or generated (or loaded raw) and cleaned."""
+    config = self.config
+    rdir = self.workdir.round_dir(s.seed, rnd)
+    pool_path = rdir / "pool.json"
+    if pool_path.exists():
+      saved = atomic_io.read_json(pool_path)
+      if saved["picks"] != picks.tolist():
+        raise ValueError(
+          f"{pool_path} was saved with exemplar picks {saved['picks']}, but this run draws "
+          f"{picks.tolist()}: the workdir was written by another version of the code; use "
+          "another --workdir"
         )
-        learners[name] = out.learner
-        replay[name].append(out.encoded)
-        rows.append({"seed": seed, "method": name, "round": rnd, **out.metrics})
-        writer.write(rows[-1])
-        _write_jsonl(
-          workdir / "selections" / f"seed_{seed}" / name / f"round_{rnd:02d}.jsonl", out.chosen
+      self.stages.load()
+      _skip_records(self.generator, saved["generated"])
+      examples = [MCQExample.from_json(x) for x in saved["examples"]]
+      rejected = collections.Counter(saved["rejected"])
+      generated = saved["generated"]
+    else:
+      raw_path = rdir / "raw.jsonl"
+      if raw_path.exists():
+        raw = atomic_io.read_jsonl(raw_path)
+        self.stages.load()
+        _skip_records(self.generator, len(raw))
+      else:
+        self.stages.begin("generate", _where(s.seed, rnd))
+        exemplars = [self.task.target[i] for i in picks]
+        try:
+          raw = self.generator.generate(exemplars, config.pool_size, seed=s.seed * 1_000_003 + rnd)
+        except GeneratorError as e:
+          if e.partial:  # For inspection; a rerun generates the round again.
+            atomic_io.write_jsonl(rdir / "raw.partial.jsonl", e.partial)
+          raise
+        atomic_io.write_jsonl(raw_path, raw)
+      self.stages.begin("clean", _where(s.seed, rnd))
+      cleaned = loop.clean_pool(raw, test=self.task.test, round_idx=rnd, clean_cfg=config.clean)
+      examples, rejected, generated = cleaned.examples, cleaned.rejected, len(raw)
+      atomic_io.write_json(
+        pool_path,
+        {
+          "generated": generated,
+          "picks": picks.tolist(),
+          "rejected": dict(sorted(rejected.items())),
+          "examples": [ex.to_json() for ex in examples],
+        },
+      )
+    pool = loop.encode_pool(
+      examples,
+      rejected,
+      tokenizer=s.tokenizer,
+      size=config.pool_size,
+      max_len=config.max_len,
+      round_idx=rnd,
+    )
+    kept = f"kept {len(examples)} of {generated} generated"
+    self.log(f"seed {s.seed} round {rnd}: {kept}; rejected {dict(sorted(rejected.items()))}")
+    return pool
+
+  def _learner(self, s: _Seed, name: str, rnd: int) -> loop.Learner:
+    """The method's learner after round ``rnd`` (restored from its checkpoint if needed)."""
+    if s.learners[name] is None:
+      s.learners[name] = self._restore_learner(s, name, rnd)[0]
+    return s.learners[name]
+
+  def _restore_learner(self, s: _Seed, name: str, rnd: int) -> tuple[loop.Learner, dict]:
+    """The learner saved after round ``rnd``, and the checkpoint's metadata."""
+    template = {
+      "lora": s.base.lora,
+      "opt_state": loop.finetune_optimizer(self.config.finetune).init(s.base.lora),
+    }
+    state, meta = self._checkpoints(s.seed, f"learner_{name}").restore(rnd, template)
+    learner = dataclasses.replace(s.base, lora=state["lora"], opt_state=state["opt_state"])
+    return learner, meta
+
+  def _method_round(self, s: _Seed, rnd: int, name: str, pool: loop.Pool, key) -> None:
+    """Featurize → select → finetune → evaluate of one method, each loaded or run and saved."""
+    config = self.config
+    mdir = self.workdir.method_dir(s.seed, rnd, name)
+    row_path, sel_path, feat_path = (
+      mdir / "row.json",
+      mdir / "selection.json",
+      mdir / "features.npz",
+    )
+    where = _where(s.seed, rnd, name)
+    if row_path.exists():  # The method's round is finished.
+      row = atomic_io.read_json(row_path)
+      selection = _load_selection(sel_path)
+      self.stages.load()
+      s.learners[name] = None
+      s.replay[name].append(loop.selected_data(pool, selection.indices))
+      self._write_selection(s.seed, name, rnd, pool, selection, only_if_missing=True)
+      self.writer.add(row, new=False)
+      return
+
+    selector = self.selectors[name]
+    key_sel, key_ft = jax.random.split(key)
+    seconds: dict[str, float] = {}
+    if feat_path.exists():
+      feats, seconds["featurize"] = _load_features(feat_path)
+      self.stages.load()
+    else:
+      self.stages.begin("featurize", where)
+      t0 = time.perf_counter()
+      feats = loop.featurize_round(
+        self._learner(s, name, rnd - 1),
+        selector,
+        pool,
+        s.target,
+        config,
+        projector=s.projector,
+        layout=self.layout,
+      )
+      seconds["featurize"] = time.perf_counter() - t0
+      _save_features(feat_path, feats, seconds["featurize"])
+
+    if sel_path.exists():
+      selection = _load_selection(sel_path)
+      seconds["select"] = atomic_io.read_json(sel_path)["seconds"]
+      self.stages.load()
+    else:
+      self.stages.begin("select", where)
+      t0 = time.perf_counter()
+      selection = loop.select_round(
+        selector,
+        feats,
+        pool,
+        config,
+        key=key_sel,
+        small_pool=self.policy["on_small_pool"],
+        layout=self.layout,
+      )
+      seconds["select"] = time.perf_counter() - t0
+      self._check_selection(selection, where)
+      self._write_selection(s.seed, name, rnd, pool, selection)
+      atomic_io.write_json(
+        sel_path,
+        {
+          "indices": selection.indices.tolist(),
+          "budget": selection.budget,
+          "valid": selection.valid,
+          "ot": selection.ot,
+          "seconds": seconds["select"],
+        },
+      )
+
+    chosen = [pool.examples[i] for i in selection.indices]
+    selected = loop.selected_data(pool, selection.indices)
+    ckpt = self._checkpoints(s.seed, f"learner_{name}")
+    if ckpt.has(rnd):
+      learner, meta = self._restore_learner(s, name, rnd)
+      seconds["finetune"] = meta["seconds"]
+      self.stages.load()
+    else:
+      self.stages.begin("finetune", where)
+      t0 = time.perf_counter()
+      learner = loop.finetune(
+        self._learner(s, name, rnd - 1),
+        loop.training_data(selected, s.replay[name], config),
+        key=key_ft,
+        cfg=config.finetune,
+        progress=self.progress,
+        desc=f"seed {s.seed} round {rnd} {name}",
+        layout=self.layout,
+      )
+      seconds["finetune"] = time.perf_counter() - t0
+      state = {"lora": learner.lora, "opt_state": learner.opt_state}
+      ckpt.save(rnd, state, {"seconds": seconds["finetune"]})
+
+    self.stages.begin("evaluate", where)
+    t0 = time.perf_counter()
+    evaluated = loop.evaluate(learner, s.test, batch_size=config.eval.batch_size)
+    seconds["evaluate"] = time.perf_counter() - t0
+    metrics = loop.round_metrics(evaluated, pool, feats, selection, chosen, seconds)
+    row = {"seed": s.seed, "method": name, "round": rnd, **metrics}
+    atomic_io.write_json(row_path, row)
+    s.learners[name] = learner
+    s.replay[name].append(selected)
+    self.writer.add(row, new=True)
+
+  def _check_selection(self, selection: loop.Selection, where: str) -> None:
+    """Logs a short selection; applies ``ot_on_nonconvergence``."""
+    if selection.budget < self.config.budget:
+      self.log(
+        f"{where}: only {selection.valid} valid candidates for a budget of "
+        f"{self.config.budget}; selected all of them (on_small_pool='select_all')"
+      )
+    ot = selection.ot
+    if ot is not None and not ot["converged"]:
+      message = (
+        f"{where}: the selector's OT solve did not converge in {ot['iterations']} iterations "
+        f"(target-marginal error {ot['marginal_error']:.3g})"
+      )
+      if self.policy["ot_on_nonconvergence"] == "fail":
+        raise OTNotConvergedError(
+          f"{message}; raise the selector's ot.max_iterations or ot.epsilon, or set "
+          "ot_on_nonconvergence='warn' to go on and report it"
         )
-      log(report.format_table([r for r in rows if r["seed"] == seed], names))
-  writer.close()
-  report.plot_accuracy(
-    rows, names, workdir / "accuracy.png", title=f"{config.task.name}: target-task accuracy"
+      self.log(f"warning: {message}; selected anyway (ot_on_nonconvergence='warn')")
+
+  def _write_selection(self, seed, name, rnd, pool, selection, *, only_if_missing=False):
+    path = self.workdir.selection_output(seed, name, rnd)
+    if not (only_if_missing and path.exists()):
+      atomic_io.write_jsonl(path, (pool.examples[i].to_json() for i in selection.indices))
+
+
+def _skip_records(generator, n: int) -> None:
+  """Moves a generator that reads its records in order past ``n`` already used ones."""
+  if isinstance(generator, JsonlGenerator):
+    generator.position += n
+
+
+def _save_features(path, feats: loop.RoundFeatures, seconds: float) -> None:
+  arrays = {
+    "candidates": feats.candidates,
+    "candidate_finite": feats.candidate_finite,
+    "targets": feats.targets,
+    "target_finite": feats.target_finite,
+    "preconditioner": np.asarray(feats.preconditioner),
+    "seconds": np.asarray(seconds),
+  }
+  atomic_io.write_npz(path, arrays | {f"extra.{k}": v for k, v in feats.extras.items()})
+
+
+def _load_features(path) -> tuple[loop.RoundFeatures, float]:
+  data = atomic_io.read_npz(path)
+  extras = {k.removeprefix("extra."): v for k, v in data.items() if k.startswith("extra.")}
+  feats = loop.RoundFeatures(
+    data["candidates"],
+    data["candidate_finite"],
+    data["targets"],
+    data["target_finite"],
+    extras,
+    str(data["preconditioner"]),
   )
-  summary = report.results_table(rows, names)
-  (workdir / "results.md").write_text(summary + "\n")
-  log(summary)
-  log(f"outputs in {workdir}: results.md, metrics.jsonl, accuracy.png, selections/, tensorboard/")
-  return rows
+  return feats, float(data["seconds"])
+
+
+def _load_selection(path) -> loop.Selection:
+  saved = atomic_io.read_json(path)
+  return loop.Selection(
+    np.asarray(saved["indices"], np.int32), saved["budget"], saved["valid"], saved["ot"]
+  )
 
 
 def _warmup(model_config, params, task, tokenizer, config, seed, key, progress):
   """Full-parameter training on the task's warm-up mix (no LoRA), e.g. the synthetic family."""
   examples = task.pretrain(config.warmup.examples, seed=seed)
   data = prompts.encode_for_training(tokenizer, examples, config.max_len)
-
-  def loss_fn(p, batch):
-    logits = llama.apply(model_config, p, None, batch["tokens"], batch["attention_mask"])
-    return losses.token_losses(logits, batch["tokens"], batch["loss_mask"]).mean()
-
+  # A partial of a module-level function: runs in one process share its compiled step.
+  loss_fn = functools.partial(_warmup_loss, model_config)
   optimizer = optim.make_optimizer(
     "adamw",
     learning_rate=config.warmup.learning_rate,
@@ -162,9 +597,7 @@ def _warmup(model_config, params, task, tokenizer, config, seed, key, progress):
   return out.trainable
 
 
-def _write_jsonl(path: pathlib.Path, examples) -> None:
-  """Writes one example per line, atomically (a temporary file, then a rename)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text("".join(json.dumps(ex.to_json()) + "\n" for ex in examples))
-  tmp.replace(path)
+def _warmup_loss(model_config, params, batch):
+  """Mean token cross-entropy of the base model (no LoRA) on a batch."""
+  logits = llama.apply(model_config, params, None, batch["tokens"], batch["attention_mask"])
+  return losses.token_losses(logits, batch["tokens"], batch["loss_mask"]).mean()

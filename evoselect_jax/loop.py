@@ -1,19 +1,19 @@
 """One round of the loop: generate → clean → featurize → select → finetune → evaluate.
 
-:func:`make_pool` turns a round's raw generator output into a cleaned, encoded pool;
-:func:`run_round` runs featurize → select → finetune → evaluate on it for one
-method's learner. :mod:`evoselect_jax.experiment` runs rounds for every method and
-writes what they produce. Shapes are static across rounds (the pool is padded to
+:func:`make_pool` (:func:`clean_pool`, then :func:`encode_pool`) turns a round's raw
+generator output into a cleaned, encoded pool; then one function per stage runs on it
+for one method's learner (:func:`featurize_round`, :func:`select_round`,
+:func:`finetune`, :func:`evaluate`), so :mod:`evoselect_jax.experiment` can save each
+stage's output and resume between them. Each takes an optional sharding layout
+(:mod:`evoselect_jax.sharding`). Shapes are static across rounds (the pool is padded to
 ``pool_size`` rows with a mask; training gathers fixed-size batches), so nothing
 recompiles after the first round.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import time
 from collections import Counter
 from typing import Any
 
@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evoselect_jax import distributed, sharding
 from evoselect_jax import features as features_lib
+from evoselect_jax import ot as ot_lib
 from evoselect_jax.data import clean as clean_lib
 from evoselect_jax.eval import mcqa, prompts
 from evoselect_jax.models import llama
@@ -68,42 +70,43 @@ class Pool:
   rejected: Counter
 
 
-@dataclasses.dataclass(frozen=True)
-class RoundOutput:
-  """What one method's round produced.
-
-  Attributes:
-    learner: the fine-tuned learner.
-    metrics: JSON-ready metrics (accuracy, what was selected, seconds per stage).
-    chosen: the selected examples, in selection order.
-    encoded: their training encodings (for replay in later rounds).
-  """
-
-  learner: Learner
-  metrics: dict[str, Any]
-  chosen: list[MCQExample]
-  encoded: dict[str, np.ndarray]
-
-
-def make_pool(
-  raw: list[str], *, test, tokenizer, size: int, max_len: int, round_idx: int, clean_cfg
-) -> Pool:
-  """Cleans raw generator output and encodes it, padded to ``size`` rows."""
+def clean_pool(raw: list[str], *, test, round_idx: int, clean_cfg) -> clean_lib.CleanOutput:
+  """Cleans a round's raw generator output; an error if no record survives."""
   cleaned = clean_lib.clean(raw, test=test, id_prefix=f"r{round_idx}-", **clean_cfg)
   if not cleaned.examples:
     raise ValueError(
       f"Round {round_idx}: no valid candidates among {len(raw)} generated records; "
       f"rejections by reason: {dict(cleaned.rejected)}"
     )
-  if len(cleaned.examples) > size:
-    raise ValueError(
-      f"Round {round_idx}: {len(cleaned.examples)} candidates exceed pool size {size}"
-    )
-  encoded = prompts.encode_for_training(tokenizer, cleaned.examples, max_len)
-  pad = size - len(cleaned.examples)
+  return cleaned
+
+
+def encode_pool(
+  examples: list[MCQExample], rejected: Counter, *, tokenizer, size: int, max_len: int, round_idx
+) -> Pool:
+  """Encodes cleaned examples, padded to ``size`` rows."""
+  if len(examples) > size:
+    raise ValueError(f"Round {round_idx}: {len(examples)} candidates exceed pool size {size}")
+  encoded = prompts.encode_for_training(tokenizer, examples, max_len)
+  pad = size - len(examples)
   encoded = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in encoded.items()}
-  mask = np.arange(size) < len(cleaned.examples)
-  return Pool(cleaned.examples, encoded, mask, cleaned.rejected)
+  mask = np.arange(size) < len(examples)
+  return Pool(list(examples), encoded, mask, Counter(rejected))
+
+
+def make_pool(
+  raw: list[str], *, test, tokenizer, size: int, max_len: int, round_idx: int, clean_cfg
+) -> Pool:
+  """Cleans raw generator output and encodes it, padded to ``size`` rows."""
+  cleaned = clean_pool(raw, test=test, round_idx=round_idx, clean_cfg=clean_cfg)
+  return encode_pool(
+    cleaned.examples,
+    cleaned.rejected,
+    tokenizer=tokenizer,
+    size=size,
+    max_len=max_len,
+    round_idx=round_idx,
+  )
 
 
 FEATURE_PARAMS = ("lora", "last_k_layers", "all")
@@ -120,6 +123,12 @@ def check_features_config(cfg) -> None:
   if cfg.preconditioner == "adam" and cfg.params != "lora":
     raise ValueError(
       "features.preconditioner='adam' needs features.params='lora' (the trained ones)"
+    )
+  projector = getattr(cfg, "projector", None)
+  if cfg.preconditioner == "adam" and projector is not None and projector.name == "factored":
+    raise ValueError(
+      "features.projector.name='factored' needs features.preconditioner='sgd': the adam "
+      "preconditioner is elementwise on the gradient, which the factored path never forms"
     )
 
 
@@ -147,26 +156,51 @@ def feature_params(learner: Learner, which: str, last_k: int = 1) -> Any:
   raise ValueError(f"Unknown features.params {which!r}; valid: {', '.join(FEATURE_PARAMS)}")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "which", "micro_batch"))
+@functools.partial(jax.jit, static_argnames=("config", "which", "micro_batch", "layout"))
 def featurize(
-  config, params, lora, diff, encoded, projector, preconditioner, *, which: str, micro_batch: int
+  config,
+  params,
+  lora,
+  diff,
+  encoded,
+  projector,
+  preconditioner,
+  *,
+  which: str,
+  micro_batch: int,
+  layout: sharding.Layout | None = None,
 ) -> features_lib.Features:
   """Projected, L2-normalised per-example gradients ``[n, out_dim]`` (LESS-style).
 
   The gradient is that of each example's answer-token cross-entropy with respect to
   ``diff`` (the subtree :func:`feature_params` chose by ``which``), at the current
   model. ``preconditioner`` is ``None`` (plain gradients) or an
-  :class:`~evoselect_jax.features.AdamPreconditioner`.
+  :class:`~evoselect_jax.features.AdamPreconditioner`. With a ``layout``, the examples
+  are split over its ``data`` axis and each device featurises its own
+  (:func:`~evoselect_jax.sharding.map_rows`); the rows stay sharded.
   """
 
-  def loss_fn(d, example):
-    if which == "lora":
-      return losses.example_loss(config, params, d, example)
-    return losses.example_loss(config, params | d, lora, example)
+  def rows_features(replicated, rows):
+    params, lora, diff, projector, preconditioner = replicated
 
-  return features_lib.per_example_features(
-    loss_fn, diff, encoded, projector, micro_batch=micro_batch, preconditioner=preconditioner
-  )
+    def loss_fn(d, example):
+      if which == "lora":
+        return losses.example_loss(config, params, d, example)
+      return losses.example_loss(config, params | d, lora, example)
+
+    if getattr(projector, "factored", False):  # from layer factors, no per-example gradients
+      if preconditioner is not None:
+        raise ValueError("The factored projector cannot apply the adam preconditioner")
+      collection = "lora" if which == "lora" else "params"
+      return features_lib.factored_features(
+        config, params, lora, diff, rows, projector, collection=collection, micro_batch=micro_batch
+      )
+    return features_lib.per_example_features(
+      loss_fn, diff, rows, projector, micro_batch=micro_batch, preconditioner=preconditioner
+    )
+
+  replicated = (params, lora, diff, projector, preconditioner)
+  return sharding.map_rows(rows_features, layout, replicated, encoded)
 
 
 def _map_chunks(fn, encoded, micro_batch: int) -> jax.Array:
@@ -201,7 +235,7 @@ def example_embeddings(config, params, lora, encoded, *, micro_batch: int) -> ja
   return _map_chunks(embed, encoded, micro_batch)
 
 
-def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool):
+def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool, layout=None):
   """Features of ``encoded`` with the options in ``cfg`` (the config's ``features``).
 
   The ``adam`` preconditioner applies to candidates only (targets use plain
@@ -220,6 +254,7 @@ def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool):
     preconditioner,
     which=cfg.params,
     micro_batch=cfg.micro_batch,
+    layout=layout,
   )
   return out, ("adam" if use_adam else "sgd")
 
@@ -233,13 +268,28 @@ def _batch_loss(config, params, lora, batch):
   return _batch_losses(config, params, lora, batch).mean()
 
 
-def finetune(
-  learner: Learner, data: dict[str, np.ndarray], *, key, cfg, progress=True, desc="finetune"
-) -> Learner:
-  """Trains the LoRA adapters on ``data`` (training encodings) with AdamW."""
-  optimizer = optim.make_optimizer(
+def finetune_optimizer(cfg):
+  """The AdamW of :func:`finetune` for the config's ``finetune`` options."""
+  return optim.make_optimizer(
     "adamw", learning_rate=cfg.learning_rate, total_steps=cfg.steps, warmup_steps=cfg.steps // 10
   )
+
+
+def finetune(
+  learner: Learner,
+  data: dict[str, np.ndarray],
+  *,
+  key,
+  cfg,
+  progress=True,
+  desc="finetune",
+  layout: sharding.Layout | None = None,
+) -> Learner:
+  """Trains the LoRA adapters on ``data`` (training encodings) with AdamW.
+
+  With a ``layout``, each batch is split over its ``data`` axis (data parallel).
+  """
+  optimizer = finetune_optimizer(cfg)
   out = optim.fit(
     functools.partial(_batch_loss, learner.config, learner.params),
     learner.lora,
@@ -250,6 +300,7 @@ def finetune(
     key=key,
     desc=desc,
     progress=progress,
+    batch_sharding=None if layout is None else layout.sharding("rows"),
   )
   return dataclasses.replace(learner, lora=out.trainable, opt_state=out.opt_state)
 
@@ -260,85 +311,235 @@ def evaluate(learner: Learner, encoded_test, *, batch_size: int) -> dict[str, fl
   return {"acc": float(out.acc), "acc_norm": float(out.acc_norm)}
 
 
-def run_round(
-  learner,
+SMALL_POOL_POLICIES = ("select_all", "fail")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundFeatures:
+  """The featurize stage's output for one method (host arrays).
+
+  Attributes:
+    candidates: ``[size, out_dim]`` pool features; zero rows where not finite.
+    candidate_finite: ``bool[size]``, False where a candidate's gradient had a NaN/inf.
+    targets: ``[m, out_dim]`` target features.
+    target_finite: ``bool[m]``.
+    extras: the selector's required extras (see
+      :data:`~evoselect_jax.selectors.EXTRAS`), host arrays.
+    preconditioner: ``sgd`` or ``adam``, what the candidates used.
+  """
+
+  candidates: np.ndarray
+  candidate_finite: np.ndarray
+  targets: np.ndarray
+  target_finite: np.ndarray
+  extras: dict[str, np.ndarray]
+  preconditioner: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The select stage's output.
+
+  Attributes:
+    indices: ``int32[k]`` selected pool rows, in selection order.
+    budget: ``k``: the config's budget, or fewer when fewer candidates were valid.
+    valid: candidates that could be selected (in the pool, finite gradient).
+    ot: for selectors that solve OT, its diagnostics (see :func:`ot_diagnostics`);
+      else ``None``.
+  """
+
+  indices: np.ndarray
+  budget: int
+  valid: int
+  ot: dict[str, Any] | None
+
+
+def featurize_round(
+  learner: Learner,
   selector,
   pool: Pool,
   target,
-  test,
-  replay,
   config,
   *,
   projector,
-  key,
-  progress=True,
-  desc="",
+  layout: sharding.Layout | None = None,
 ):
-  """Featurize → select → finetune → evaluate for one method.
+  """Per-example features of the pool and the target set, and the selector's extras.
 
-  Args:
-    learner: the method's current learner.
-    selector: ``selector(candidates, targets, k, key, mask=...) -> int32[k]``.
-    pool: this round's cleaned pool (shared by every method).
-    target: training encodings of the labelled target set (the OT target).
-    test: scoring encodings of the held-out split.
-    replay: training encodings selected in earlier rounds (used if
-      ``config.finetune.replay``).
-    config: the experiment config.
-    projector: the gradient projector (a pytree).
-    key: PRNG key for selection and training.
-    progress: show progress bars.
-    desc: progress-bar label.
+  With a ``layout``, the pool and target rows are split over its ``data`` axis (the
+  pool size must divide by it; targets are padded) and each device featurises its own.
 
   Returns:
-    A :class:`RoundOutput`.
+    A :class:`RoundFeatures` (host arrays).
   """
-  key_sel, key_ft = jax.random.split(key)
-  seconds: dict[str, float] = {}
-  with _timed(seconds, "featurize"):
-    cand, preconditioner = _features(
-      learner, pool.encoded, projector, config.features, candidates=True
-    )
-    targ, _ = _features(learner, target, projector, config.features, candidates=False)
-    requires = getattr(selector, "requires", ())
-    model = (learner.config, learner.params, learner.lora)
-    mb = config.features.micro_batch
-    extras = {}
-    if "losses" in requires:
-      extras["losses"] = example_losses(*model, pool.encoded, micro_batch=mb)
-    if "candidate_embeddings" in requires or "target_embeddings" in requires:
-      extras["candidate_embeddings"] = example_embeddings(*model, pool.encoded, micro_batch=mb)
-      extras["target_embeddings"] = example_embeddings(*model, target, micro_batch=mb)
-    jax.block_until_ready((cand, targ, extras))
-  finite = np.asarray(cand.finite)
-  valid = pool.mask & finite
-  budget = int(valid.sum()) if getattr(selector, "whole_pool", False) else config.budget
-  with _timed(seconds, "select"):
-    idx = np.asarray(selector(cand.features, targ.features, budget, key_sel, mask=valid, **extras))
-  chosen = [pool.examples[i] for i in idx]
-  selected = {name: v[idx] for name, v in pool.encoded.items()}
-  data = selected
-  if config.finetune.replay and replay:
-    data = {name: np.concatenate([r[name] for r in replay] + [v]) for name, v in selected.items()}
-  with _timed(seconds, "finetune"):
-    learner = finetune(learner, data, key=key_ft, cfg=config.finetune, progress=progress, desc=desc)
-  with _timed(seconds, "evaluate"):
-    metrics = evaluate(learner, test, batch_size=config.eval.batch_size)
-  metrics |= {
-    "selected_kinds": dict(
-      sorted(Counter(ex.meta.get("kind", "unknown") for ex in chosen).items())
-    ),
-    "preconditioner": preconditioner,
-    "non_finite_grads": int((pool.mask & ~finite).sum()),
-    "target_non_finite_grads": int((~np.asarray(targ.finite)).sum()),
-    "pool_kept": len(pool.examples),
-    "seconds": {k: round(v, 3) for k, v in seconds.items()},
+  m = len(target["tokens"])
+  encoded = pool.encoded
+  if layout is not None:
+    if len(pool.mask) % layout.data_size:
+      raise ValueError(
+        f"pool_size={len(pool.mask)} must be a multiple of the mesh's data axis "
+        f"({layout.data_size} devices)"
+      )
+    rows = layout.sharding("rows")
+    encoded = sharding.put(encoded, rows)
+    target = sharding.put(sharding.pad_rows(target, layout.data_size)[0], rows)
+  cand, preconditioner = _features(
+    learner, encoded, projector, config.features, candidates=True, layout=layout
+  )
+  targ, _ = _features(learner, target, projector, config.features, candidates=False, layout=layout)
+  cand, targ = sharding.to_host((cand, targ), layout)
+  targ = jax.tree.map(lambda x: x[:m], targ)
+  requires = getattr(selector, "requires", ())
+  model = (learner.config, learner.params, learner.lora)
+  mb = config.features.micro_batch
+  extras = {}
+  if "losses" in requires:
+    extras["losses"] = example_losses(*model, pool.encoded, micro_batch=mb)
+  if "candidate_embeddings" in requires or "target_embeddings" in requires:
+    extras["candidate_embeddings"] = example_embeddings(*model, pool.encoded, micro_batch=mb)
+    extras["target_embeddings"] = example_embeddings(*model, target, micro_batch=mb)
+  return RoundFeatures(
+    cand.features,
+    cand.finite,
+    targ.features,
+    targ.finite,
+    {name: np.asarray(v) for name, v in extras.items()},
+    preconditioner,
+  )
+
+
+def selector_ot_config(selector) -> ot_lib.OTConfig | None:
+  """The OT options of a selector that solves OT (``evoselect``, ``gotd``, ...), else None.
+
+  Read off the selector's static options: an :class:`~evoselect_jax.ot.OTConfig`, or a
+  config with an ``ot`` field and OT ``alignment`` (EvoSelect's).
+  """
+  for value in getattr(selector, "options", {}).values():
+    if isinstance(value, ot_lib.OTConfig):
+      return value
+    inner = getattr(value, "ot", None)
+    if isinstance(inner, ot_lib.OTConfig) and getattr(value, "alignment", "ot") == "ot":
+      return inner
+  return None
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ot_check(cfg, candidates, targets, mask):
+  b = jnp.ones((targets.shape[0],), jnp.float32)
+  out = ot_lib.solve(cfg, candidates, targets, mask.astype(jnp.float32), b)
+  return out.converged, out.iterations, out.marginal_error
+
+
+def ot_diagnostics(cfg: ot_lib.OTConfig, candidates, targets, mask) -> dict[str, Any]:
+  """Convergence of the OT problem a selector solves first: valid candidates to targets.
+
+  The problem of GOT-D's one solve and of EvoSelect's first sub-round (uniform
+  weights over the ``mask``-valid candidates and over the targets); EvoSelect's later
+  sub-rounds re-solve warm-started from it.
+
+  Returns:
+    ``converged`` (bool), ``iterations`` (int) and ``marginal_error`` (float),
+    ``||P^T 1 - b||_1``, the target-marginal error of the plan.
+  """
+  converged, iterations, error = _ot_check(cfg, candidates, targets, mask)
+  return {
+    "converged": bool(converged),
+    "iterations": int(iterations),
+    "marginal_error": float(error),
   }
-  return RoundOutput(learner, metrics, chosen, selected)
 
 
-@contextlib.contextmanager
-def _timed(seconds: dict[str, float], name: str):
-  t0 = time.perf_counter()
-  yield
-  seconds[name] = time.perf_counter() - t0
+def select_round(
+  selector,
+  feats: RoundFeatures,
+  pool: Pool,
+  config,
+  *,
+  key,
+  small_pool: str = "select_all",
+  layout: sharding.Layout | None = None,
+) -> Selection:
+  """Selects ``config.budget`` valid candidates (a finite gradient, in the pool).
+
+  Target rows with a non-finite gradient are left out of the target set. With fewer
+  valid candidates than the budget, ``small_pool="select_all"`` selects every valid
+  one (the returned ``budget`` says how many) and ``"fail"`` raises a ``ValueError``.
+  With a ``layout``, the candidate rows are split over its ``data`` axis and the
+  targets replicated, so the OT solve and the greedy run sharded.
+  """
+  valid = pool.mask & feats.candidate_finite
+  n_valid = int(valid.sum())
+  n_real = int(pool.mask.sum())
+  if not n_valid:
+    raise ValueError(
+      f"No candidate has a finite gradient ({n_real} in the pool, all NaN/inf); "
+      "check the learner and the pool"
+    )
+  if not feats.target_finite.any():
+    raise ValueError(f"No target example has a finite gradient (all {len(feats.targets)} NaN/inf)")
+  targets = feats.targets[feats.target_finite]
+  extras = dict(feats.extras)
+  if "target_embeddings" in extras:
+    extras["target_embeddings"] = extras["target_embeddings"][feats.target_finite]
+  if getattr(selector, "whole_pool", False):
+    budget = n_valid
+  elif n_valid < config.budget:
+    if small_pool == "fail":
+      raise ValueError(
+        f"Only {n_valid} valid candidates ({n_real} in the pool, "
+        f"{n_real - n_valid} with NaN/inf gradients) for a budget of {config.budget} "
+        "(on_small_pool='fail'; 'select_all' selects them all)"
+      )
+    budget = n_valid
+  else:
+    budget = config.budget
+  candidates = feats.candidates
+  if layout is not None:
+    candidates = sharding.put(candidates, layout.sharding("rows", "features"))
+    targets = sharding.put(targets, layout.sharding("targets", "features"))
+    extras = {
+      name: sharding.put(v, layout.sharding("targets" if name == "target_embeddings" else "rows"))
+      for name, v in extras.items()
+    }
+  idx = sharding.to_host(selector(candidates, targets, budget, key, mask=valid, **extras), layout)
+  distributed.check_agree("the selection", idx)
+  ot_cfg = selector_ot_config(selector)
+  ot = None if ot_cfg is None else ot_diagnostics(ot_cfg, candidates, targets, valid)
+  return Selection(np.asarray(idx, np.int32), budget, n_valid, ot)
+
+
+def selected_data(pool: Pool, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Training encodings of the selected pool rows."""
+  return {name: v[indices] for name, v in pool.encoded.items()}
+
+
+def training_data(selected: dict[str, np.ndarray], replay: list, config) -> dict[str, np.ndarray]:
+  """This round's selection, after earlier rounds' selections if ``config.finetune.replay``."""
+  if config.finetune.replay and replay:
+    return {name: np.concatenate([r[name] for r in replay] + [v]) for name, v in selected.items()}
+  return selected
+
+
+def round_metrics(
+  evaluated: dict[str, float],
+  pool: Pool,
+  feats: RoundFeatures,
+  selection: Selection,
+  chosen: list[MCQExample],
+  seconds: dict[str, float],
+) -> dict[str, Any]:
+  """The JSON-ready metrics of one method's round."""
+  kinds = Counter(ex.meta.get("kind", "unknown") for ex in chosen)
+  out = dict(evaluated) | {
+    "selected_kinds": dict(sorted(kinds.items())),
+    "preconditioner": feats.preconditioner,
+    "non_finite_grads": int((pool.mask & ~feats.candidate_finite).sum()),
+    "target_non_finite_grads": int((~feats.target_finite).sum()),
+    "pool_kept": len(pool.examples),
+    "rejected": dict(sorted(pool.rejected.items())),
+    "selected": len(chosen),
+    "valid": selection.valid,
+  }
+  if selection.ot is not None:
+    out["ot"] = selection.ot
+  return out | {"seconds": {k: round(v, 3) for k, v in seconds.items()}}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import io
 import pathlib
+import shutil
 from typing import Any
 
 import matplotlib
@@ -14,29 +15,57 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import tensorboardX  # noqa: E402
 
+from evoselect_jax import atomic_io  # noqa: E402
+
 
 class MetricsWriter:
-  """Appends one JSON object per (round, method) and mirrors scalars to TensorBoard."""
+  """``metrics.jsonl`` (one JSON object per seed, round and method) and TensorBoard scalars.
+
+  Rows come in run order, those a resumed run loaded first. ``metrics.jsonl`` is
+  rewritten whole (atomically) on each :meth:`flush`, so it never holds a duplicate
+  or a half-written row; the first flush also rebuilds ``tensorboard/`` from every
+  row so far (a resumed run rewrites what an interrupted one wrote).
+
+  Attributes:
+    rows: every row added, in order.
+  """
 
   def __init__(self, workdir: pathlib.Path):
     self.path = workdir / "metrics.jsonl"
     self._tb_dir = workdir / "tensorboard"
-    self._writers: dict[str, tensorboardX.SummaryWriter] = {}
+    self._writers: dict[str, tensorboardX.SummaryWriter] | None = None
+    self._in_tensorboard = 0
+    self.rows: list[dict[str, Any]] = []
 
-  def write(self, row: dict[str, Any]) -> None:
-    """Writes ``row`` (needs ``method`` and ``round``)."""
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
-    method = row["method"]
-    if method not in self._writers:
-      self._writers[method] = tensorboardX.SummaryWriter(str(self._tb_dir / method))
-    for name, value in _scalars(row):
-      self._writers[method].add_scalar(name, value, global_step=row["round"])
-    self._writers[method].flush()
+  def add(self, row: dict[str, Any], *, new: bool) -> None:
+    """Adds ``row`` (needs ``method`` and ``round``); writes the files if it is ``new``.
+
+    A loaded row (``new=False``) is already in the files of the run that computed it;
+    they are rewritten at the next new row or :meth:`flush`.
+    """
+    self.rows.append(row)
+    if new:
+      self.flush()
+
+  def flush(self) -> None:
+    """Writes every row to ``metrics.jsonl`` and the new ones to TensorBoard."""
+    atomic_io.write_jsonl(self.path, self.rows)
+    if self._writers is None:
+      shutil.rmtree(self._tb_dir, ignore_errors=True)
+      self._writers = {}
+    for row in self.rows[self._in_tensorboard :]:
+      method = row["method"]
+      if method not in self._writers:
+        self._writers[method] = tensorboardX.SummaryWriter(str(self._tb_dir / method))
+      for name, value in _scalars(row):
+        self._writers[method].add_scalar(name, value, global_step=row["round"])
+    self._in_tensorboard = len(self.rows)
+    for w in self._writers.values():
+      w.flush()
 
   def close(self) -> None:
     """Closes the TensorBoard writers."""
-    for w in self._writers.values():
+    for w in (self._writers or {}).values():
       w.close()
 
 
@@ -126,5 +155,7 @@ def plot_accuracy(
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
   plt.close(fig)
+  atomic_io.write_bytes(path, buffer.getvalue())

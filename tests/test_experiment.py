@@ -1,4 +1,4 @@
-"""The whole loop on the shrunk quickstart config, and what it leaves in the workdir."""
+"""The whole loop on the shrunk quickstart config, what it leaves in the workdir, a rerun."""
 
 import json
 import pathlib
@@ -35,3 +35,18 @@ def test_quickstart_smoke_end_to_end(tmp_path: pathlib.Path):
   assert any("round 1" in line for line in logs)
   results = (tmp_path / "results.md").read_text()
   assert all(f"| {m} |" in results for m in methods)
+  for r in rows[len(methods) :]:
+    assert r["pool_kept"] == r["valid"] == config.pool_size - sum(r["rejected"].values())
+    assert r["selected"] == config.budget
+  assert "ot" in rows[-2] and rows[-2]["ot"]["converged"]  # evoselect solves OT; random none
+  assert "ot" not in rows[-1]
+  stages = [line.split()[2] for line in (tmp_path / "progress.log").read_text().splitlines()]
+  assert stages[:4] == ["warmup:", "evaluate:", "generate:", "clean:"] and stages[-1] == "report:"
+
+  # The same run again: every stage is loaded, the outputs are rewritten unchanged.
+  before = {p: (tmp_path / p).read_bytes() for p in ("metrics.jsonl", "results.md")}
+  logs = []
+  again = experiment.run(config, tmp_path, progress=False, log=logs.append)
+  assert again == rows
+  assert any("Resuming" in x and "continuing at report" in x for x in logs)
+  assert {p: (tmp_path / p).read_bytes() for p in before} == before

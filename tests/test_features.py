@@ -142,7 +142,7 @@ def test_non_finite_rows_are_zero_and_flagged():
 
 
 def test_projector_registry():
-  assert {"gaussian", "rademacher", "sjlt"} <= set(PROJECTORS.names())
+  assert {"gaussian", "rademacher", "sjlt", "kronecker", "factored"} <= set(PROJECTORS.names())
   proj = PROJECTORS.build(
     {"name": "sjlt", "nonzeros": 2}, in_dim=5, out_dim=6, key=jax.random.key(0)
   )
@@ -184,7 +184,7 @@ def test_projectors_preserve_norm_in_expectation(name):
   assert abs(float(jnp.mean(jnp.stack(ratios))) - 1.0) < 0.05
 
 
-@pytest.mark.parametrize("name", ["gaussian", "rademacher", "sjlt"])
+@pytest.mark.parametrize("name", ["gaussian", "rademacher", "sjlt", "kronecker"])
 def test_projectors_deterministic_by_key(name):
   x = jax.random.normal(jax.random.key(0), (3, 10))
   a = features.make_projector(name, 10, 8, jax.random.key(5))(x)
@@ -233,13 +233,20 @@ def assert_same_leaves(a, b):
 
 
 @pytest.mark.parametrize(
-  ("name", "options"), [("gaussian", {}), ("rademacher", {}), ("sjlt", {"nonzeros": 4})]
+  ("name", "in_dim", "options"),
+  [
+    ("gaussian", 24, {}),
+    ("rademacher", 24, {}),
+    ("sjlt", 24, {"nonzeros": 4}),
+    ("kronecker", 128, {"in_shape": (8, 16), "out_shape": (8, 1)}),  # axes divisible by 8
+  ],
 )
-def test_same_key_same_projection_on_any_device_count(name, options):
+def test_same_key_same_projection_on_any_device_count(name, in_dim, options):
   assert len(jax.devices()) == 8
-  build = functools.partial(features.make_projector, name, 24, 12, **options)
+  out_dim = options["out_shape"][0] if "out_shape" in options else 12
+  build = functools.partial(features.make_projector, name, in_dim, out_dim, **options)
   want = build(jax.random.key(3))
-  x = jax.random.normal(jax.random.key(0), (16, 24))
+  x = jax.random.normal(jax.random.key(0), (16, in_dim))
   project = jax.jit(lambda p, z: p(z))
   want_x = np.asarray(project(want, x))
   for num_devices in (1, 2, 8):
@@ -265,3 +272,83 @@ def test_tree_projection_of_a_sharded_batch_equals_unsharded():
     got = project(proj, jax.device_put(batch, batch_sharding(num_devices)))
     assert len(got.sharding.device_set) == num_devices
     np.testing.assert_array_equal(got, want)
+
+
+def test_kronecker_equals_explicit_kron_matrix():
+  key = jax.random.key(11)
+  proj = features.make_projector("kronecker", 35, 6, key, in_shape=(5, 7), out_shape=(3, 2))
+  left_key, right_key = jax.random.split(key)
+  left = np.asarray(jax.random.normal(left_key, (5, 3))) / np.sqrt(3)
+  right = np.asarray(jax.random.normal(right_key, (7, 2))) / np.sqrt(2)
+  np.testing.assert_allclose(proj.left, left, rtol=1e-6)
+  np.testing.assert_allclose(proj.right, right, rtol=1e-6)
+  mat = np.kron(left, right)  # row i·7 + j, column r·2 + s: left[i, r] right[j, s]
+  np.testing.assert_allclose(dense_matrix(proj, 35), mat, rtol=1e-5, atol=1e-6)
+  x = np.asarray(jax.random.normal(jax.random.key(1), (4, 35)))
+  np.testing.assert_allclose(proj(x), x @ mat, rtol=1e-5, atol=1e-5)
+  # the matrix view: P_aᵀ X P_b for X = x.reshape(5, 7)
+  want = np.einsum("ar,nab,bs->nrs", left, x.reshape(4, 5, 7), right).reshape(4, 6)
+  np.testing.assert_allclose(proj(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_kronecker_default_shapes_and_vectors():
+  proj = features.make_projector("kronecker", 96, 64, jax.random.key(0))
+  assert proj.in_shape == (8, 12) and proj.out_shape == (8, 8)
+  thin = features.make_projector("kronecker", 3 * 50, 64, jax.random.key(0), in_shape=(3, 50))
+  assert thin.out_shape == (2, 32)  # r_a <= a
+  key = jax.random.key(4)
+  vec = features.make_projector("kronecker", 13, 6, key, in_shape=(13,))
+  assert vec.in_shape == (1, 13) and vec.out_shape == (1, 6)
+  np.testing.assert_array_equal(vec.left, [[1.0]])  # a vector: a dense Gaussian
+  right = jax.random.normal(jax.random.split(key)[1], (13, 6)) / np.sqrt(6)
+  np.testing.assert_allclose(dense_matrix(vec, 13), right, rtol=1e-5, atol=1e-6)
+  assert features.make_projector("kronecker", 13, 6, key).in_shape == (1, 13)  # prime in_dim
+  with pytest.raises(ValueError, match="in_shape"):
+    features.make_projector("kronecker", 12, 4, key, in_shape=(5, 2))
+  with pytest.raises(ValueError, match="out_shape"):
+    features.make_projector("kronecker", 12, 4, key, out_shape=(3, 2))
+
+
+def test_kronecker_preserves_norm_in_expectation():
+  x = jax.random.normal(jax.random.key(0), (200, 32 * 48))
+  ratios = []
+  for seed in range(32):
+    proj = features.make_projector(
+      "kronecker", 32 * 48, 256, jax.random.key(seed), in_shape=(32, 48), out_shape=(16, 16)
+    )
+    ratios.append(jnp.sum(proj(x) ** 2, axis=1) / jnp.sum(x**2, axis=1))
+  assert abs(float(jnp.mean(jnp.stack(ratios))) - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("name", ["kronecker", "factored"])
+def test_kronecker_project_factors_equals_projecting_the_sum(name):
+  proj = features.make_projector(name, 5 * 7, 12, jax.random.key(2), in_shape=(5, 7))
+  rng = np.random.default_rng(0)
+  u, v = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 4, 7))
+  grads = np.einsum("nta,ntb->nab", u, v).reshape(3, 35)  # Σ_t u_tᵀ v_t
+  np.testing.assert_allclose(
+    proj.project_factors(u, v), grads @ dense_matrix(proj, 35), rtol=1e-4, atol=1e-5
+  )
+  with pytest.raises(ValueError, match="project_factors"):
+    proj.project_factors(v, u)
+
+
+@pytest.mark.parametrize("name", ["kronecker", "factored"])
+def test_kronecker_tree_projector_views_each_leaf_as_its_shape(name):
+  params = mlp_params(jax.random.key(0))
+  key = jax.random.key(9)
+  proj = features.make_tree_projector(name, params, 8, key)
+  assert proj.factored == (name == "factored") and proj.out_dim == 8
+  leaves = jax.tree.leaves(params)
+  for i, (p, leaf) in enumerate(zip(proj.projectors, leaves, strict=True)):
+    want = features.make_projector(
+      "kronecker", leaf.size, 8, jax.random.fold_in(key, i), in_shape=leaf.shape
+    )
+    assert p.in_shape == ((1, leaf.size) if leaf.ndim < 2 else leaf.shape)
+    np.testing.assert_array_equal(dense_matrix(p, leaf.size), dense_matrix(want, leaf.size))
+  batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x + 1, -x]), params)
+  want = np.asarray(flat(batch)) @ dense_tree_matrix(proj, params)
+  np.testing.assert_allclose(proj(batch), want, rtol=1e-5, atol=1e-5)
+  got = features.per_example_features(mlp_loss, params, make_batch(5), proj, normalize=False)
+  want = np.asarray(flat(loop_grads(params, make_batch(5)))) @ dense_tree_matrix(proj, params)
+  np.testing.assert_allclose(got.features, want, rtol=1e-4, atol=1e-5)

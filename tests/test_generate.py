@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,8 @@ import pytest
 import torch
 import transformers
 
-from evoselect_jax.data.clean import clean
+from evoselect_jax.data.clean import TEXT_REASONS, clean
+from evoselect_jax.generators import local as local_lib
 from evoselect_jax.generators.local import LocalGenerator
 from evoselect_jax.models import (
   LlamaConfig,
@@ -25,10 +27,12 @@ from evoselect_jax.models import (
   sample_tokens,
 )
 from evoselect_jax.models import checkpoint as checkpoint_lib
-from evoselect_jax.models.generate import encode_batch
+from evoselect_jax.models.generate import decode, encode_batch, generate_completions, prefill
 from evoselect_jax.registry import GENERATORS
 from evoselect_jax.types import MCQExample
 
+# The module, not the function that evoselect_jax.models exports under the same name.
+generate_lib = importlib.import_module("evoselect_jax.models.generate")
 apply_jit = jax.jit(apply, static_argnums=0)
 step_jit = jax.jit(apply_with_cache, static_argnums=0)
 
@@ -206,9 +210,10 @@ def tiny(tmp_path_factory):
 
 def test_generate_text(tiny):
   texts = ["w5 w6 w7", "w9", "w10 w11 w12 w13 w14", "w20 w21"]
-  compiled = generate_ids._cache_size()
+  compiled = prefill._cache_size(), decode._cache_size()
   out = generate(tiny, texts, max_new_tokens=8, batch_size=3)
-  assert generate_ids._cache_size() == compiled + 1  # Both batches: 3 rows, 16 slots.
+  # Both batches: 3 rows, 16 slots.
+  assert (prefill._cache_size(), decode._cache_size()) == (compiled[0] + 1, compiled[1] + 1)
   assert len(out) == 4 and all(isinstance(t, str) for t in out)
   assert out == generate(tiny, texts[::-1], max_new_tokens=8, batch_size=8)[::-1]
   # Alone, through the core: the text is the decoded tokens before the first EOS.
@@ -227,6 +232,61 @@ def test_generate_text(tiny):
   sampled = generate(tiny, texts, max_new_tokens=8, temperature=1.0, top_k=20, seed=3)
   assert sampled == generate(tiny, texts, max_new_tokens=8, temperature=1.0, top_k=20, seed=3)
   assert sampled != generate(tiny, texts, max_new_tokens=8, temperature=1.0, top_k=20, seed=4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_stop_strings_end_decoding_early_with_the_same_tokens(tiny, monkeypatch, temperature):
+  tiny = dataclasses.replace(tiny, eos_token_ids=())  # Only stop strings or the length end rows.
+  texts = ["w5 w6 w7", "w9", "w10 w11 w12 w13 w14", "w20 w21"]
+  states = []
+
+  def recording_decode(*args, **kwargs):
+    states.append(decode(*args, **kwargs))
+    return states[-1]
+
+  monkeypatch.setattr(generate_lib, "decode", recording_decode)
+  options = dict(max_new_tokens=40, batch_size=4, temperature=temperature, top_k=20, seed=3)
+  compiled = decode._cache_size()
+  free = generate_completions(tiny, texts, **options)
+  assert len(states) == 1 and int(states[0].step) == 40  # No stop strings: one call.
+  assert all(c.finish == "length" and c.num_tokens == 40 for c in free)
+  free_ids = np.asarray(states[0].out)
+  # Each row's third word, spaced so that "w3" does not match inside "w30", stops it.
+  stop = [f" {c.text.split()[2]} " for c in free]
+  states.clear()
+  got = generate_completions(tiny, texts, stop=stop, stop_check_every=4, **options)
+  assert decode._cache_size() == compiled + 1  # Chunks of any length: one compile.
+  want = [c.text[: min(i for i in (c.text.find(s) for s in stop) if i >= 0)] for c in free]
+  assert [c.text for c in got] == want
+  assert all(c.finish == "stop" for c in got)
+  ends = [c.num_tokens for c in got]
+  for row, n in zip(free_ids, ends, strict=True):
+    # The fewest tokens whose text holds a stop string: that many match the free run.
+    text = lambda k, row=row: tiny.tokenizer.decode(row[:k].tolist())  # noqa: E731
+    assert any(s in text(n) for s in stop) and not any(s in text(n - 1) for s in stop)
+  got_ids = np.asarray(states[-1].out)
+  for i, n in enumerate(ends):
+    np.testing.assert_array_equal(got_ids[i, :n], free_ids[i, :n])
+  # The batch stopped at the first check after its last row's stop, far before 40.
+  steps = [int(s.step) for s in states]
+  assert steps == list(range(5, steps[-1] + 1, 4)) and max(ends) <= steps[-1] < max(ends) + 4
+  assert steps[-1] < 40
+
+
+def test_completions_say_why_they_ended(tiny):
+  free = generate_completions(
+    dataclasses.replace(tiny, eos_token_ids=()), ["w5 w6"], max_new_tokens=6
+  )
+  assert free[0].finish == "length" and free[0].num_tokens == 6
+  words = free[0].text.split()
+  end = words.index(words[1])  # Its first occurrence: the EOS ends the row there.
+  eos = tiny.tokenizer.convert_tokens_to_ids(words[1])
+  [got] = generate_completions(
+    dataclasses.replace(tiny, eos_token_ids=(eos,)), ["w5 w6"], max_new_tokens=6
+  )
+  assert (got.text, got.finish, got.num_tokens) == (" ".join(words[:end]), "eos", end + 1)
+  with pytest.raises(ValueError, match="stop_check_every"):
+    generate_completions(tiny, ["w5"], max_new_tokens=2, stop=["w4"], stop_check_every=0)
 
 
 def test_chat_prompt_and_errors(tiny):
@@ -251,7 +311,7 @@ def test_local_generator_on_random_model(tiny):
     {"name": "local", "model": tiny.source, "max_new_tokens": 6, "num_shots": 2, "batch_size": 4},
     task=None,
   )
-  assert isinstance(gen, LocalGenerator)
+  assert isinstance(gen, LocalGenerator) and gen.format == "json"
   raw = gen.generate(EXEMPLARS, n=5, seed=1)
   assert len(raw) == 5 and raw == gen.generate(EXEMPLARS, n=5, seed=1)
   out = clean(raw, test=[])
@@ -260,6 +320,42 @@ def test_local_generator_on_random_model(tiny):
     gen.generate(EXEMPLARS[:1], n=1, seed=0)
   with pytest.raises(ValueError, match="num_shots"):
     LocalGenerator(model=tiny, num_shots=0)
+  with pytest.raises(ValueError, match="format must be one of"):
+    LocalGenerator(model=tiny, format="xml")
+
+
+def test_local_generator_text_format_records(tiny, monkeypatch):
+  """A record is the item label, the continuation, and the item end unless cut by length."""
+  replies = [
+    generate_lib.Completion(" w9", "stop", 3),
+    generate_lib.Completion(" w9 w10", "eos", 3),
+    generate_lib.Completion(" w9 w10 w11", "length", 6),
+  ]
+  calls = []
+
+  def fake_completions(checkpoint, prompts, **options):
+    calls.append((prompts, options))
+    return replies[: len(prompts)]
+
+  monkeypatch.setattr(local_lib, "generate_completions", fake_completions)
+  gen = LocalGenerator(model=dataclasses.replace(tiny, chat_template=None), format="text")
+  raw = gen.generate(EXEMPLARS, n=3, seed=0)
+  assert raw == ["Question: w9\n\n", "Question: w9 w10\n\n", "Question: w9 w10 w11"]
+  [(prompts, options)] = calls
+  assert options["stop"] == ("\n\n",) and all(p.endswith("\n\nQuestion:") for p in prompts)
+  shown = [p.count("Question:") - 1 for p in prompts]
+  assert shown == [3, 3, 3] and all(p.startswith("Question: ") for p in prompts)
+  out = clean(raw, test=[], format="text")
+  assert out.rejected == {"no_answer": 2, "truncated": 1}
+
+
+def test_local_generator_text_format_on_random_model(tiny):
+  gen = LocalGenerator(model=tiny, format="text", max_new_tokens=6, num_shots=2, batch_size=4)
+  raw = gen.generate(EXEMPLARS, n=5, seed=1)
+  assert raw == gen.generate(EXEMPLARS, n=5, seed=1) and raw != gen.generate(EXEMPLARS, 5, 2)
+  assert all(r.startswith("Question:") for r in raw)
+  out = clean(raw, test=[], format="text")
+  assert sum(out.rejected.values()) == 5 and set(out.rejected) <= set(TEXT_REASONS)
 
 
 # --- SmolLM2-135M-Instruct (Q4_1 GGUF) -------------------------------------------------------
@@ -293,12 +389,3 @@ def test_smollm2_greedy_matches_transformers_generate(smollm2):
   assert want.shape == (32,)  # The reply is longer than 32 tokens: no EOS to compare.
   np.testing.assert_array_equal(np.asarray(ours)[0], want)
   assert "photosynthesis" in smollm2.tokenizer.decode(want).lower()
-
-
-def test_smollm2_local_generator_smoke(smollm2):
-  gen = LocalGenerator(model=smollm2, max_new_tokens=80, num_shots=1, batch_size=2)
-  raw = gen.generate(EXEMPLARS, n=2, seed=0)
-  assert len(raw) == 2 and all(isinstance(r, str) for r in raw)
-  out = clean(raw, test=[])
-  print(f"SmolLM2 local generator: {len(out.examples)}/2 parsed; rejected {dict(out.rejected)}")
-  print(*raw, sep="\n")

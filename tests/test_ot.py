@@ -34,15 +34,25 @@ def cosine_cost(x, y):
   return (1.0 - x @ y.T).astype(np.float64)
 
 
+def sq_cost(x, y):
+  return ((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1)
+
+
 def calibrate(f):
   n = len(f)
   return f - (f.sum() - f) / (n - 1)
 
 
 def test_registry_and_solver_options():
-  assert {"sinkhorn", "lowrank"} <= set(OT_SOLVERS.names())
+  assert {"sinkhorn", "sinkhorn_unbalanced", "lowrank"} <= set(OT_SOLVERS.names())
   with pytest.raises(ValueError, match="max_iterations"):
     OT_SOLVERS.get("sinkhorn")(max_iterations=0)
+  with pytest.raises(ValueError, match="mode must be one of lse, kernel, auto, got 'fast'"):
+    OT_SOLVERS.get("sinkhorn")(mode="fast")
+  with pytest.raises(ValueError, match="norm_error must be 1 or 2"):
+    OT_SOLVERS.get("sinkhorn")(norm_error=3)
+  with pytest.raises(ValueError, match="default_tau_a or default_tau_b below 1"):
+    OT_SOLVERS.get("sinkhorn_unbalanced")(default_tau_a=1.0, default_tau_b=1.0)
   with pytest.raises(ValueError, match="rank must be a positive int, got 0"):
     OT_SOLVERS.get("lowrank")(rank=0)
   with pytest.raises(ValueError, match="initializer must be one of"):
@@ -115,11 +125,18 @@ def test_small_epsilon_recovers_exact_assignment():
 
 
 @pytest.mark.parametrize(
-  ("score", "tau_a"), [("potential", 1.0), ("plan_mass", 0.6), ("expected_cost", 1.0)]
+  ("score", "tau_a", "mode"),
+  [
+    ("potential", 1.0, "lse"),
+    ("potential", 1.0, "kernel"),
+    ("plan_mass", 0.6, "lse"),
+    ("plan_mass", 0.6, "kernel"),
+    ("expected_cost", 1.0, "lse"),
+  ],
 )
-def test_online_equals_dense(score, tau_a):
+def test_online_equals_dense(score, tau_a, mode):
   x, y = points(13, 7, seed=5)
-  kw = dict(score=score, tau_a=tau_a, epsilon=0.1, **TIGHT)
+  kw = dict(score=score, tau_a=tau_a, epsilon=0.1, mode=mode, **TIGHT)
   dense = ot_relevance_output(x, y, **kw)
   online = ot_relevance_output(x, y, batch_size=4, **kw)
   np.testing.assert_allclose(online.relevance, dense.relevance, rtol=1e-4, atol=1e-5)
@@ -296,3 +313,120 @@ def test_ot_relevance_is_the_relevance_array():
   assert got.shape == (13,)
   want = ot_relevance_output(x, y, score="expected_cost", epsilon=0.1).relevance
   np.testing.assert_array_equal(got, want)
+
+
+def pot_log_potential(cost, reg, a=None, b=None):
+  """POT's log-domain Sinkhorn to machine precision: (f, plan)."""
+  n, m = cost.shape
+  a = np.full(n, 1 / n) if a is None else a
+  b = np.full(m, 1 / m) if b is None else b
+  plan, log = pot.bregman.sinkhorn_log(a, b, cost, reg, log=True, stopThr=1e-12, numItermax=10**5)
+  assert log["niter"] < 10**5 - 1, "the POT oracle did not converge"
+  return reg * log["log_u"], plan
+
+
+@pytest.mark.parametrize("mode", ["lse", "kernel", "auto"])
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_modes_match_pot(mode, cost):
+  x, y = points(15, 8, seed=11)
+  out = ot_relevance_output(x, y, cost=cost, epsilon=0.07, mode=mode, **TIGHT)
+  assert bool(out.converged)
+  assert bool(out.kernel) == (mode != "lse")  # auto runs the kernel when it is safe
+  if cost == "cosine":
+    c = cosine_cost(x, y)
+  else:
+    c = sq_cost(x, y)
+  f, plan = pot_log_potential(c, float(out.epsilon))
+  np.testing.assert_allclose(out.relevance, -calibrate(f), atol=1e-4 * float(out.epsilon) * 10)
+  np.testing.assert_allclose(out.plan_rows(), plan, atol=1e-6)
+  rows, cols = out.solution.marginals()
+  np.testing.assert_allclose(rows, np.full(15, 1 / 15), atol=1e-6)
+  np.testing.assert_allclose(cols, np.full(8, 1 / 8), atol=1e-6)
+
+
+def test_kernel_mode_is_stabilised_where_the_plain_kernel_underflows():
+  rng = np.random.default_rng(0)
+  y = rng.normal(size=(7, 4))
+  near = y[rng.integers(0, 7, 11)] + 0.3 * rng.normal(size=(11, 4))
+  x = np.concatenate([near, 8.0 + rng.normal(size=(2, 4))]).astype(np.float32)  # 2 far rows
+  y = y.astype(np.float32)
+  out = ot_relevance_output(x, y, cost="sqeuclidean", epsilon=0.05, mode="kernel", **TIGHT)
+  reg, c = float(out.epsilon), sq_cost(x, y)
+  assert (np.exp(-c / reg).astype(np.float32).max(axis=1) == 0).any()  # a row underflows
+  assert bool(out.converged) and bool(out.kernel)
+  f, plan = pot_log_potential(c, reg)
+  np.testing.assert_allclose(out.relevance, -calibrate(f), atol=1e-4 * reg)
+  np.testing.assert_allclose(out.plan_rows(), plan, atol=1e-6)
+
+
+def test_auto_falls_back_to_lse_and_kernel_fails_loudly():
+  rng = np.random.default_rng(1)
+  y = rng.normal(size=(6, 4))
+  x = (y[rng.integers(0, 6, 12)] + 0.3 * rng.normal(size=(12, 4))).astype(np.float32)
+  y = np.concatenate([y, 8.0 + rng.normal(size=(1, 4))]).astype(np.float32)  # a far target
+  kw = dict(cost="sqeuclidean", epsilon=0.05, threshold=1e-6, max_iterations=3000)
+  kernel = ot_relevance_output(x, y, mode="kernel", **kw)  # its column underflows
+  assert bool(kernel.kernel) and not bool(kernel.converged)  # reported, never silent
+  auto = ot_relevance_output(x, y, mode="auto", **kw)
+  lse = ot_relevance_output(x, y, mode="lse", **kw)
+  assert not bool(auto.kernel) and bool(auto.converged)
+  np.testing.assert_array_equal(auto.relevance, lse.relevance)
+  f, _ = pot_log_potential(sq_cost(x, y), float(auto.epsilon))
+  np.testing.assert_allclose(auto.relevance, -calibrate(f), atol=1e-4 * float(auto.epsilon))
+
+
+@pytest.mark.filterwarnings("ignore:If reg_type = entropy")
+@pytest.mark.parametrize("mode", ["lse", "kernel"])
+def test_sinkhorn_unbalanced_matches_pot(mode):
+  x, y = points(11, 6, seed=14)
+  out = ot_relevance_output(
+    x, y, score="plan_mass", solver="sinkhorn_unbalanced", epsilon=0.1, mode=mode, **TIGHT
+  )
+  reg = float(out.epsilon)
+  rho = reg * 0.9 / (1 - 0.9)  # the default tau_a = tau_b = 0.9
+  plan = pot.unbalanced.sinkhorn_unbalanced(
+    np.full(11, 1 / 11),
+    np.full(6, 1 / 6),
+    cosine_cost(x, y),
+    reg,
+    (rho, rho),
+    reg_type="entropy",
+    stopThr=1e-13,
+    numItermax=100000,
+  )
+  np.testing.assert_allclose(out.plan_rows(), plan, atol=1e-6)
+  np.testing.assert_allclose(out.relevance, plan.sum(axis=1), atol=1e-6)
+  assert not np.allclose(plan.sum(axis=0), 1 / 6, rtol=1e-2)  # neither marginal is hard
+  # the config's taus take precedence over the solver's defaults; balanced is refused
+  config = make_ot_config(score="plan_mass", solver="sinkhorn_unbalanced", tau_b=1.0)
+  assert (config.tau_a, config.tau_b) == (0.9, 1.0)
+  with pytest.raises(ValueError, match="is unbalanced, but tau_a = tau_b = 1"):
+    make_ot_config(solver="sinkhorn_unbalanced", tau_a=1.0, tau_b=1.0)
+
+
+@pytest.mark.parametrize("mode", ["lse", "kernel"])
+def test_stopping_rule_is_pots(mode):
+  """norm_error=2 and threshold = POT's stopThr: same iteration count, same error."""
+  x, y = points(40, 17, seed=15)
+  thr = 1e-4
+  out = ot_relevance_output(x, y, epsilon=0.03, mode=mode, threshold=thr, norm_error=2)
+  a, b = np.full(40, 1 / 40), np.full(17, 1 / 17)
+  plan, log = pot.sinkhorn(a, b, cosine_cost(x, y), float(out.epsilon), stopThr=thr, log=True)
+  assert int(out.iterations) == log["niter"] + 1 > 11  # checks after 1, 11, 21, ...
+  cols = np.asarray(out.solution.marginals()[1])
+  assert np.linalg.norm(cols - b) < thr
+  np.testing.assert_allclose(np.linalg.norm(cols - b), np.linalg.norm(plan.sum(0) - b), rtol=0.05)
+
+
+@pytest.mark.parametrize("mode", ["lse", "kernel"])
+def test_converged_warm_start_stops_after_one_iteration(mode):
+  x, y = points(14, 6, seed=16)
+  cold = ot_relevance_output(x, y, epsilon=0.1, mode=mode, threshold=1e-5)
+  warm = ot_relevance_output(x, y, epsilon=0.1, mode=mode, threshold=1e-5, init=(cold.f, cold.g))
+  assert int(cold.iterations) > 1 and int(warm.iterations) == 1 and bool(warm.converged)
+
+
+def test_output_shares_the_callers_features():
+  x, y = (jnp.asarray(z) for z in points(9, 4, seed=17))
+  out = ot_relevance_output(x, y, epsilon=0.1, mode="kernel")
+  assert out.solution.geom.x is x and out.solution.geom.y is y  # no [n, d] copy

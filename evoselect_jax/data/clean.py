@@ -1,13 +1,14 @@
 """Clean a generated pool: parse, validate, deduplicate, drop test overlap.
 
-The ``clean`` step of the loop (docs: EVOSELECT.md). Each raw record is a string that
-should hold one JSON object ``{"question": str, "choices": [str, ...], "answer": key}``
-with an optional ``"context"`` (string or null); other fields are ignored, except
-``"_kind"`` (a simulated generator's ground truth), which is copied to
-``meta["kind"]`` for reporting. Generated text is data: it is only ever passed to
-``json.loads``.
+The ``clean`` step of the loop (docs: EVOSELECT.md). Each raw record is a string in
+one of two formats (:data:`FORMATS`), the one its generator was asked for; generated
+text is data, only ever passed to ``json.loads`` or matched line by line.
 
-Checks, in order; the first that fails names the record's rejection reason:
+``json`` (the default): one JSON object ``{"question": str, "choices": [str, ...],
+"answer": key}`` with an optional ``"context"`` (string or null); other fields are
+ignored, except ``"_kind"`` (a simulated generator's ground truth), which is copied to
+``meta["kind"]`` for reporting. Checks, in order; the first that fails names the
+record's rejection reason:
 
 ==================  ==========================================================
 ``not_json``        the string is not valid JSON (nothing around the object is
@@ -20,6 +21,46 @@ Checks, in order; the first that fails names the record's rejection reason:
 ``bad_answer``      not exactly one valid key: a letter (``A``-``E``, either case)
                     or a 0-based int index, within the options
 ``bad_context``     a context that is neither a string nor null
+==================  ==========================================================
+
+``text``: one item in the plain multiple-choice layout that small models continue
+from few-shot examples (:func:`evoselect_jax.generators.prompting.exemplar_text`
+writes it), one field per line and a blank line after the item::
+
+  Context: <passage>          (optional)
+  Question: <question>
+  A. <option>
+  B. <option>
+  ...
+  Answer: <letter>
+  <blank line>
+
+Labels, the ``"X. "`` option prefixes and the letter order are matched exactly
+(trailing spaces on a line are ignored). The item is read top to bottom and its first
+departure from the layout names the reason (the first five below); a whole item is
+then checked for its number of options, repeated options and the answer's range:
+
+=======================  =====================================================
+``truncated``            the record does not end with the blank line that ends
+                         an item (the generator ran out of tokens mid-item)
+``no_question``          no ``Question: <text with a word>`` line where the
+                         layout has it (first, or after the ``Context:`` line)
+``no_answer``            the options are followed by no ``Answer: <letter>``
+                         line (none at all, or one whose value is not a single
+                         letter ``A``-``E``)
+``bad_line``             a line the layout has no place for: an option out of
+                         letter order or without text, a second question, a
+                         blank context, prose between the options
+``extra_text``           lines after the answer line, within the item
+``option_count``         fewer than ``min_choices`` or more than
+                         ``max_choices`` options
+``duplicate_options``    two options equal up to case and whitespace
+``answer_out_of_range``  the answer letter names no option (``D`` of three)
+=======================  =====================================================
+
+Then, for both formats (:data:`DEDUP_REASONS`):
+
+==================  ==========================================================
 ``test_overlap``    the question is (near-)identical to a question of the test split
 ``duplicate``       the question equals a kept one after normalisation
 ``near_duplicate``  word-trigram Jaccard similarity >= ``near_dup_jaccard`` to a kept
@@ -57,8 +98,10 @@ _LETTERS = "ABCDE"
 _NOT_WORD_RE = re.compile(r"[^\w\s]+")
 _Shingle = tuple[tuple[str, ...], int]
 
-# Rejection reasons, in the order the checks run.
-REASONS = (
+FORMATS = ("json", "text")
+
+# Rejection reasons, in the order the checks run: parsing (by format), then dedup.
+JSON_REASONS = (
   "not_json",
   "not_object",
   "missing_field",
@@ -66,10 +109,28 @@ REASONS = (
   "bad_choices",
   "bad_answer",
   "bad_context",
-  "test_overlap",
-  "duplicate",
-  "near_duplicate",
 )
+TEXT_REASONS = (
+  "truncated",
+  "no_question",
+  "no_answer",
+  "bad_line",
+  "extra_text",
+  "option_count",
+  "duplicate_options",
+  "answer_out_of_range",
+)
+DEDUP_REASONS = ("test_overlap", "duplicate", "near_duplicate")
+REASONS = JSON_REASONS + TEXT_REASONS + DEDUP_REASONS
+
+# The ``text`` layout: field labels, option lines ``"A. <option>"``, and the blank line
+# that ends an item.
+CONTEXT_LABEL = "Context:"
+QUESTION_LABEL = "Question:"
+ANSWER_LABEL = "Answer:"
+ITEM_END = "\n\n"
+_OPTION_RE = re.compile(r"([A-E])\. (\S.*)")
+_ANSWER_RE = re.compile(re.escape(ANSWER_LABEL) + r" ([A-E])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +163,7 @@ def clean(
   min_choices: int = 3,
   max_choices: int = 5,
   id_prefix: str = "",
+  format: str = "json",
 ) -> CleanOutput:
   """Parses, validates and deduplicates raw generated records.
 
@@ -114,6 +176,7 @@ def clean(
     min_choices: fewest options a record may have.
     max_choices: most options a record may have, at most 5 (letter keys A-E).
     id_prefix: prefix of the kept examples' ids.
+    format: the records' format, one of :data:`FORMATS` (see the module docstring).
 
   Returns:
     The kept examples and every rejection with its reason.
@@ -124,12 +187,15 @@ def clean(
     raise ValueError(
       f"Need 1 <= min_choices <= max_choices <= {len(_LETTERS)}, got {min_choices}, {max_choices}"
     )
+  if format not in FORMATS:
+    raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+  parse = _parse if format == "json" else _parse_text
   reasons: list[tuple[int, str]] = []
   parsed: list[tuple[int, MCQExample, str]] = []
   for i, text in enumerate(raw):
     if not isinstance(text, str):
       raise TypeError(f"raw[{i}] must be a string, got {type(text).__name__}")
-    result = _parse(text, min_choices, max_choices)
+    result = parse(text, min_choices, max_choices)
     if isinstance(result, str):
       reasons.append((i, result))
       continue
@@ -202,6 +268,54 @@ def _parse(
   if context is not None and not isinstance(context, str):
     return "bad_context"
   return question.strip(), tuple(c.strip() for c in choices), answer, context, record.get("_kind")
+
+
+def _parse_text(
+  text: str, min_choices: int, max_choices: int
+) -> str | tuple[str, tuple[str, ...], int, str | None, None]:
+  """``(question, choices, answer, context, None)`` of a ``text`` record, or the reason."""
+  if not text.endswith(ITEM_END):
+    return "truncated"
+  lines = [line.rstrip() for line in text[: -len(ITEM_END)].split("\n")]
+  i, context = 0, None
+  if lines[0].startswith(CONTEXT_LABEL):
+    context = _field(lines[0], CONTEXT_LABEL)
+    if context is None:
+      return "bad_line"
+    i = 1
+  question = _field(lines[i], QUESTION_LABEL) if i < len(lines) else None
+  if question is None:
+    return "no_question"
+  i += 1
+  choices: list[str] = []
+  while i < len(lines) and len(choices) < len(_LETTERS):
+    option = _OPTION_RE.fullmatch(lines[i])
+    if option is None or option[1] != _LETTERS[len(choices)]:
+      break
+    choices.append(option[2].strip())
+    i += 1
+  if i == len(lines):
+    return "no_answer"
+  key = _ANSWER_RE.fullmatch(lines[i])
+  if key is None:
+    return "no_answer" if lines[i].startswith(ANSWER_LABEL) else "bad_line"
+  if i + 1 < len(lines):
+    return "extra_text"
+  if not min_choices <= len(choices) <= max_choices:
+    return "option_count"
+  if len({" ".join(c.lower().split()) for c in choices}) != len(choices):
+    return "duplicate_options"
+  answer = _LETTERS.index(key[1])
+  if answer >= len(choices):
+    return "answer_out_of_range"
+  return question, tuple(choices), answer, context, None
+
+
+def _field(line: str, label: str) -> str | None:
+  """The value of a ``"<label> <value>"`` line, or ``None`` if absent or without a word."""
+  if not line.startswith(label + " ") or not normalize(line[len(label) :]):
+    return None
+  return line[len(label) :].strip()
 
 
 def _key(example: MCQExample) -> str:

@@ -1,5 +1,10 @@
 """Proxy gradient features: per-example gradients and random projections."""
 
+from evoselect_jax.features.factored import (
+  check_factored_projector,
+  decoder_factors,
+  factored_features,
+)
 from evoselect_jax.features.grads import (
   AdamPreconditioner,
   Features,
@@ -9,6 +14,7 @@ from evoselect_jax.features.grads import (
 )
 from evoselect_jax.features.projectors import (
   DenseProjector,
+  KroneckerProjector,
   SparseProjector,
   TreeProjector,
   make_projector,
@@ -19,9 +25,13 @@ __all__ = [
   "AdamPreconditioner",
   "DenseProjector",
   "Features",
+  "KroneckerProjector",
   "SparseProjector",
   "TreeProjector",
   "adam_preconditioner",
+  "check_factored_projector",
+  "decoder_factors",
+  "factored_features",
   "make_projector",
   "make_tree_projector",
   "per_example_features",

@@ -142,6 +142,15 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.stack(per_leaf).all(axis=0)
 
 
+def finish_features(z: jax.Array, finite: jax.Array, normalize: bool) -> Features:
+  """Zeros the rows of ``z`` [n, k] that are not ``finite`` [n] and L2-normalises the rest."""
+  z = jnp.where(finite[:, None], z, 0.0)
+  if normalize:
+    norm = jnp.linalg.norm(z, axis=1, keepdims=True)
+    z = z / jnp.where(norm > 0, norm, 1.0)
+  return Features(z, finite)
+
+
 def per_example_features(
   loss_fn: Callable[[Any, Any], jax.Array],
   params: Any,
@@ -182,11 +191,6 @@ def per_example_features(
     if preconditioner is not None:
       grads = preconditioner(grads)
     z = projector(grads)
-    finite = _all_finite(grads) & jnp.all(jnp.isfinite(z), axis=1)
-    z = jnp.where(finite[:, None], z, 0.0)
-    if normalize:
-      norm = jnp.linalg.norm(z, axis=1, keepdims=True)
-      z = z / jnp.where(norm > 0, norm, 1.0)
-    return Features(z, finite)
+    return finish_features(z, _all_finite(grads) & jnp.all(jnp.isfinite(z), axis=1), normalize)
 
   return _map_micro_batches(featurize, batch, micro_batch)

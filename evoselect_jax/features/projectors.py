@@ -22,6 +22,17 @@ Kinds (registered in :data:`~evoselect_jax.registry.PROJECTORS`):
   construction of Kane & Nelson 2014). Stores [in_dim, nonzeros] integers instead of a
   dense [in_dim, out_dim] matrix, so it is the kind that scales to millions of
   parameters.
+- ``kronecker``: ``vec(X) -> vec(P_aᵀ X P_b)`` for the input viewed as a matrix X [a, b]:
+  the projection by ``kron(P_a, P_b)`` with Gaussian factors P_a [a, r_a], P_b [b, r_b]
+  and ``out_dim = r_a·r_b`` (the structured projection of LoGra, Choe et al. 2024, "What
+  is your data worth to GPT?"; Jin, Kolda & Ward 2019 analyse Kronecker JL maps). Two
+  small matmuls, the first over the contiguous axis, so it runs at memory speed and
+  stores only [a + b, r] numbers. A weight-gradient leaf [d_in, d_out] is viewed as
+  itself, which is what lets :mod:`evoselect_jax.features.factored` project a linear
+  layer's per-example gradient from its two factors without forming it.
+- ``factored``: the ``kronecker`` projection, marked so that the loop computes it with
+  :func:`~evoselect_jax.features.factored.factored_features` (from layer inputs and
+  output gradients) instead of from per-example gradients; the numbers are the same.
 
 :func:`make_tree_projector` projects a pytree of gradients leaf by leaf: leaf ``l`` gets
 its own projector keyed by ``fold_in(key, l)``, and the per-leaf projections are summed,
@@ -156,23 +167,195 @@ def sjlt(in_dim: int, out_dim: int, key: jax.Array, nonzeros: int = 4) -> Sparse
     raise ValueError(
       f"sjlt nonzeros must be an int in [1, out_dim={out_dim}] dividing out_dim, got {nonzeros!r}"
     )
+  rows, values = _sjlt_arrays(key, in_dim, out_dim, nonzeros)
+  return SparseProjector(rows, values, out_dim)
+
+
+@functools.partial(jax.jit, static_argnames=("in_dim", "out_dim", "nonzeros"))
+def _sjlt_arrays(key: jax.Array, in_dim: int, out_dim: int, nonzeros: int):
+  """Rows and values of :func:`sjlt`, one jitted program (one compilation per shape)."""
   block = out_dim // nonzeros
   row_key, sign_key = jax.random.split(key)
   offsets = jax.random.randint(row_key, (in_dim, nonzeros), 0, block, jnp.int32)
   rows = offsets + block * jnp.arange(nonzeros, dtype=jnp.int32)
   signs = jax.random.rademacher(sign_key, (in_dim, nonzeros), jnp.float32)
-  return SparseProjector(rows, signs * (1.0 / math.sqrt(nonzeros)), out_dim)
+  return rows, signs * (1.0 / math.sqrt(nonzeros))
+
+
+def _default_split(in_dim: int) -> tuple[int, int]:
+  """``(a, b)``, ``a·b = in_dim``, with ``b`` the smallest divisor ``>= sqrt(in_dim)``."""
+  b = next(d for d in range(math.isqrt(in_dim), in_dim + 1) if in_dim % d == 0 and d * d >= in_dim)
+  return in_dim // b, b
+
+
+def _default_out_shape(a: int, b: int, out_dim: int) -> tuple[int, int]:
+  """``(r_a, r_b)``, ``r_a·r_b = out_dim``: as square as ``out_dim`` allows, ``r_a <= a``.
+
+  A vector (``a = 1``) gets ``(1, out_dim)``: a plain dense Gaussian projection.
+  """
+  divisors = [d for d in range(1, out_dim + 1) if out_dim % d == 0]
+  r_a = max(d for d in divisors if d * d <= out_dim and d <= a)
+  return r_a, out_dim // r_a
+
+
+@struct.dataclass
+class KroneckerProjector:
+  """``x -> vec(leftᵀ X right)``, X = ``x.reshape(a, b)``: the matrix ``kron(left, right)``.
+
+  Attributes:
+    left: [a, r_a] float32.
+    right: [b, r_b] float32.
+  """
+
+  left: jax.Array
+  right: jax.Array
+
+  @property
+  def in_shape(self) -> tuple[int, int]:
+    """``(a, b)``, the matrix view of an input row."""
+    return self.left.shape[0], self.right.shape[0]
+
+  @property
+  def out_shape(self) -> tuple[int, int]:
+    """``(r_a, r_b)``, the matrix view of an output row."""
+    return self.left.shape[1], self.right.shape[1]
+
+  @property
+  def in_dim(self) -> int:
+    """Input dimension ``a·b``."""
+    return math.prod(self.in_shape)
+
+  @property
+  def out_dim(self) -> int:
+    """Output dimension ``r_a·r_b``."""
+    return math.prod(self.out_shape)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Projects ``x`` [n, a·b] to [n, r_a·r_b] in float32.
+
+    The contiguous axis b is contracted first ([n·a, b] @ [b, r_b], a streaming matmul),
+    then a ([n, a, r_b] with [a, r_a]).
+    """
+    _check_input(x, self.in_dim)
+    (a, b), (r_a, r_b) = self.in_shape, self.out_shape
+    n = x.shape[0]
+    y = (x.astype(self.right.dtype).reshape(n * a, b) @ self.right).reshape(n, a, r_b)
+    return jnp.einsum("nas,ar->nrs", y, self.left).reshape(n, r_a * r_b)
+
+  def project_factors(self, u: jax.Array, v: jax.Array) -> jax.Array:
+    """The projection of ``X = Σ_t u_tᵀ v_t`` per example, without forming X.
+
+    Args:
+      u: [n, t, a] (e.g. a linear layer's inputs).
+      v: [n, t, b] (e.g. its output gradients).
+
+    Returns:
+      [n, r_a·r_b] = ``vec((u left)ᵀ (v right))``, equal to ``self(X.reshape(n, a·b))``.
+    """
+    (a, b), (r_a, r_b) = self.in_shape, self.out_shape
+    if u.shape[-1] != a or v.shape[-1] != b or u.shape[:-1] != v.shape[:-1]:
+      raise ValueError(
+        f"project_factors expects [n, t, {a}] and [n, t, {b}] factors, got {u.shape}, {v.shape}"
+      )
+    f32 = jnp.float32
+    ul = jnp.einsum("nta,ar->ntr", u.astype(f32), self.left)
+    vr = jnp.einsum("ntb,bs->nts", v.astype(f32), self.right)
+    return jnp.einsum("ntr,nts->nrs", ul, vr).reshape(u.shape[0], r_a * r_b)
+
+
+def _kronecker(
+  in_dim: int,
+  out_dim: int,
+  key: jax.Array,
+  in_shape: tuple[int, ...] | None,
+  out_shape: tuple[int, int] | None,
+) -> KroneckerProjector:
+  _check_dims(in_dim, out_dim)
+  if in_shape is None:
+    a, b = _default_split(in_dim)
+  else:
+    in_shape = tuple(int(s) for s in in_shape)
+    if math.prod(in_shape) != in_dim:
+      raise ValueError(
+        f"kronecker in_shape={in_shape} has {math.prod(in_shape)} entries, not in_dim={in_dim}"
+      )
+    # A leaf's last axis is b, the rest is a; a vector or scalar is (1, size).
+    a, b = (math.prod(in_shape[:-1]), in_shape[-1]) if in_shape else (1, 1)
+  if out_shape is None:
+    r_a, r_b = _default_out_shape(a, b, out_dim)
+  else:
+    r_a, r_b = (int(r) for r in out_shape)
+    if r_a < 1 or r_b < 1 or r_a * r_b != out_dim:
+      raise ValueError(
+        f"kronecker out_shape={tuple(out_shape)} must be two positive ints with product "
+        f"out_dim={out_dim}"
+      )
+  left_key, right_key = jax.random.split(key)
+  if a == 1 and r_a == 1:  # a vector: no left factor, a dense Gaussian on the right
+    left = jnp.ones((1, 1), jnp.float32)
+  else:
+    left = _gaussian_matrix(left_key, a, r_a)
+  return KroneckerProjector(left, _gaussian_matrix(right_key, b, r_b))
+
+
+@PROJECTORS.register("kronecker")
+def kronecker(
+  in_dim: int,
+  out_dim: int,
+  key: jax.Array,
+  in_shape: tuple[int, ...] | None = None,
+  out_shape: tuple[int, int] | None = None,
+) -> KroneckerProjector:
+  """Kronecker-structured Gaussian projection ``kron(P_a, P_b)`` (LoGra, Choe et al. 2024).
+
+  P_a [a, r_a] has N(0, 1/r_a) entries and P_b [b, r_b] N(0, 1/r_b), so E‖Px‖² = ‖x‖².
+
+  Args:
+    in_dim: input dimension.
+    out_dim: output dimension ``r_a·r_b``.
+    key: PRNG key; P_a and P_b are drawn from its two halves.
+    in_shape: the input viewed as a tensor of this shape (``make_tree_projector`` passes
+      the leaf's shape): the last axis is b, the others are flattened into a; a vector is
+      ``(1, size)`` and is projected by a dense Gaussian P_b [size, out_dim]. Default:
+      ``a·b = in_dim`` with b the smallest divisor of ``in_dim`` at least its square root.
+    out_shape: ``(r_a, r_b)``; default as square as ``out_dim`` allows with ``r_a <= a``.
+
+  Returns:
+    The projector; memory [a, r_a] + [b, r_b].
+  """
+  return _kronecker(in_dim, out_dim, key, in_shape, out_shape)
+
+
+@PROJECTORS.register("factored")
+def factored(
+  in_dim: int,
+  out_dim: int,
+  key: jax.Array,
+  in_shape: tuple[int, ...] | None = None,
+  out_shape: tuple[int, int] | None = None,
+) -> KroneckerProjector:
+  """The ``kronecker`` projection, computed by the loop from factors; see the module docstring."""
+  return _kronecker(in_dim, out_dim, key, in_shape, out_shape)
+
+
+# Kinds built per leaf with the leaf's shape (``in_shape``) by make_tree_projector, and the
+# kind whose TreeProjector is marked ``factored``.
+kronecker.takes_leaf_shape = True
+factored.takes_leaf_shape = True
+factored.factored = True
 
 
 def make_projector(name: str, in_dim: int, out_dim: int, key: jax.Array, **options: Any) -> Any:
   """Builds the projector ``name`` ([n, in_dim] -> [n, out_dim]) from ``key``.
 
   Args:
-    name: a name registered in ``PROJECTORS``: ``gaussian``, ``rademacher``, ``sjlt``.
+    name: a name registered in ``PROJECTORS``: ``gaussian``, ``rademacher``, ``sjlt``,
+      ``kronecker``, ``factored``.
     in_dim: input dimension.
     out_dim: output dimension.
     key: PRNG key; the same key gives the same projection.
-    **options: the kind's own options (``sjlt``: ``nonzeros``).
+    **options: the kind's own options (``sjlt``: ``nonzeros``; ``kronecker``: ``in_shape``,
+      ``out_shape``).
 
   Returns:
     A pytree callable ``project([n, in_dim]) -> [n, out_dim]``.
@@ -188,11 +371,19 @@ class TreeProjector:
     projectors: one projector per leaf, in ``jax.tree.leaves`` order.
     treedef: the structure of the projected pytrees.
     leaf_shapes: the shape of each leaf, without the batch axis.
+    factored: built by the ``factored`` kind: the same map as ``kronecker``, which the loop
+      computes from layer factors (:mod:`evoselect_jax.features.factored`).
   """
 
   projectors: tuple[Any, ...]
   treedef: Any = struct.field(pytree_node=False)
   leaf_shapes: tuple[tuple[int, ...], ...] = struct.field(pytree_node=False)
+  factored: bool = struct.field(pytree_node=False, default=False)
+
+  @property
+  def out_dim(self) -> int:
+    """Output dimension."""
+    return self.projectors[0].out_dim
 
   def __call__(self, tree: Any) -> jax.Array:
     """Projects ``tree`` (leaves [n, *leaf_shape]) to [n, out_dim]."""
@@ -214,8 +405,9 @@ def make_tree_projector(
   """Builds a leaf-by-leaf projector for batches of pytrees shaped like ``params_like``.
 
   Leaf ``l`` (in ``jax.tree.leaves`` order) is projected with ``make_projector(name,
-  leaf.size, out_dim, jax.random.fold_in(key, l))``; summing the leaves' projections
-  equals projecting the concatenation of the flattened leaves with the stacked matrix.
+  leaf.size, out_dim, jax.random.fold_in(key, l))`` (``kronecker`` and ``factored`` also
+  get ``in_shape=leaf.shape``); summing the leaves' projections equals projecting the
+  concatenation of the flattened leaves with the stacked matrix.
 
   Args:
     name: projector kind, as for :func:`make_projector`.
@@ -230,9 +422,19 @@ def make_tree_projector(
   leaves, treedef = jax.tree.flatten(params_like)
   if not leaves:
     raise ValueError("make_tree_projector needs a pytree with at least one leaf")
-  projectors = tuple(
-    make_projector(name, math.prod(leaf.shape), out_dim, jax.random.fold_in(key, i), **options)
-    for i, leaf in enumerate(leaves)
-  )
+  factory = PROJECTORS.get(name)
+  shaped = getattr(factory, "takes_leaf_shape", False)
   shapes = tuple(tuple(leaf.shape) for leaf in leaves)
-  return TreeProjector(projectors, treedef, shapes)
+
+  projectors = tuple(
+    make_projector(
+      name,
+      math.prod(shape),
+      out_dim,
+      jax.random.fold_in(key, i),
+      **({"in_shape": shape} if shaped else {}),
+      **options,
+    )
+    for i, shape in enumerate(shapes)
+  )
+  return TreeProjector(projectors, treedef, shapes, getattr(factory, "factored", False))

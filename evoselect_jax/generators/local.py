@@ -1,11 +1,21 @@
 """The ``local`` generator: few-shot prompts to a local checkpoint, decoded in JAX.
 
 For each record it shows the model ``num_shots`` target exemplars (drawn by the seed)
-through :func:`~evoselect_jax.generators.prompting.generation_messages` and the
-checkpoint's chat template, samples a reply with
-:func:`~evoselect_jax.models.generate.generate`, and keeps the first JSON object of
-the reply (:func:`~evoselect_jax.generators.prompting.extract_json_object`). Whether
-that object is a valid item is the clean step's call, which counts each rejection.
+and samples a continuation with
+:func:`~evoselect_jax.models.generate.generate_completions`, in one of two formats (the
+clean step must be given the same one; see :mod:`evoselect_jax.generators.prompting`):
+
+- ``json``: chat messages (:func:`~.prompting.generation_messages`) through the
+  checkpoint's chat template; the record is the reply's first JSON object
+  (:func:`~.prompting.extract_json_object`), or the whole reply if it has none.
+- ``text``: a plain completion prompt in the multiple-choice layout
+  (:func:`~.prompting.generation_text`), no chat template; decoding stops at the blank
+  line that ends an item, and the record is :func:`~.prompting.item_start` plus the
+  continuation plus that blank line. A continuation cut by ``max_new_tokens`` gets no
+  blank line, so the clean step rejects it as ``truncated``; one ended by an EOS token
+  counts as ended.
+
+Whether a record is a valid item is the clean step's call, which counts each rejection.
 """
 
 from __future__ import annotations
@@ -16,9 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from evoselect_jax.generators.prompting import extract_json_object, generation_messages
+from evoselect_jax.data.clean import FORMATS, ITEM_END
+from evoselect_jax.generators.prompting import (
+  extract_json_object,
+  generation_messages,
+  generation_text,
+  item_start,
+)
 from evoselect_jax.models.checkpoint import Checkpoint, load_checkpoint
-from evoselect_jax.models.generate import chat_prompt, generate
+from evoselect_jax.models.generate import chat_prompt, generate_completions
 from evoselect_jax.registry import GENERATORS
 from evoselect_jax.types import MCQExample
 
@@ -28,13 +44,14 @@ _SHOTS_STREAM = 3
 
 @GENERATORS.register("local")
 class LocalGenerator:
-  """Samples raw JSON records from a local Llama-family checkpoint."""
+  """Samples raw records (JSON objects or ``text`` items) from a local Llama-family model."""
 
   def __init__(
     self,
     task: Any = None,
     *,
     model: str | os.PathLike | Checkpoint,
+    format: str = "json",
     max_new_tokens: int = 256,
     temperature: float = 0.7,
     top_p: float = 0.95,
@@ -49,6 +66,9 @@ class LocalGenerator:
       task: passed by the experiment builder; unused (the exemplars set the target).
       model: a checkpoint path (Hugging Face directory or ``.gguf``), a registered name
         (see :data:`evoselect_jax.models.REGISTERED`), or a loaded :class:`Checkpoint`.
+      format: ``"json"`` (chat messages, JSON records; needs a chat template) or
+        ``"text"`` (completion prompt, multiple-choice text records); the clean step's
+        ``format`` must match.
       max_new_tokens: most tokens per reply.
       temperature: sampling temperature; ``0`` is greedy (every record of one prompt
         alike).
@@ -59,19 +79,23 @@ class LocalGenerator:
       dtype: compute dtype of a checkpoint loaded here, ``"float32"`` or ``"bfloat16"``.
 
     Raises:
-      ValueError: for a bad option or a checkpoint without a chat template.
+      ValueError: for a bad option, or the ``json`` format with a checkpoint without a
+        chat template.
     """
     del task
+    if format not in FORMATS:
+      raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if isinstance(num_shots, bool) or not isinstance(num_shots, int) or num_shots < 1:
       raise ValueError(f"num_shots must be an int >= 1, got {num_shots!r}")
     self.checkpoint = (
       model if isinstance(model, Checkpoint) else load_checkpoint(model, dtype=dtype)
     )
-    if not self.checkpoint.has_chat_template:
+    if format == "json" and not self.checkpoint.has_chat_template:
       raise ValueError(
-        f"The local generator needs a chat model; {self.checkpoint.source}'s tokenizer has "
-        "no chat template"
+        f"The local generator's json format needs a chat model; {self.checkpoint.source}'s "
+        "tokenizer has no chat template (format='text' needs none)"
       )
+    self.format = format
     self.num_shots = num_shots
     self.options = dict(
       max_new_tokens=max_new_tokens,
@@ -79,10 +103,11 @@ class LocalGenerator:
       top_p=top_p,
       top_k=top_k,
       batch_size=batch_size,
+      stop=(ITEM_END,) if format == "text" else (),
     )
 
   def generate(self, exemplars: Sequence[MCQExample], n: int, seed: int) -> list[str]:
-    """``n`` raw records, each the first JSON object of one reply (or the whole reply).
+    """``n`` raw records in this generator's format, one per prompt.
 
     Args:
       exemplars: target examples, at least ``num_shots``.
@@ -98,10 +123,18 @@ class LocalGenerator:
         f"num_shots={self.num_shots} exemplars per prompt, but only {len(exemplars)} given"
       )
     rng = np.random.default_rng([seed, _SHOTS_STREAM])
-    prompts = []
-    for _ in range(n):
-      shots = rng.choice(len(exemplars), self.num_shots, replace=False)
-      messages = generation_messages([exemplars[i] for i in shots])
-      prompts.append(chat_prompt(self.checkpoint, messages))
-    replies = generate(self.checkpoint, prompts, seed=seed, **self.options)
-    return [extract_json_object(reply) for reply in replies]
+    shots = [
+      [exemplars[i] for i in rng.choice(len(exemplars), self.num_shots, replace=False)]
+      for _ in range(n)
+    ]
+    if self.format == "json":
+      prompts = [chat_prompt(self.checkpoint, generation_messages(s)) for s in shots]
+    else:
+      prompts = [generation_text(s) for s in shots]
+    replies = generate_completions(self.checkpoint, prompts, seed=seed, **self.options)
+    if self.format == "json":
+      return [extract_json_object(reply.text) for reply in replies]
+    return [
+      item_start(s) + reply.text + (ITEM_END if reply.finish != "length" else "")
+      for s, reply in zip(shots, replies, strict=True)
+    ]

@@ -1,9 +1,18 @@
 """Few-shot generation prompts built from target exemplars, shared by every LLM generator.
 
-A generator shows an LLM a few labelled target examples as JSON objects and asks for
-one new item in the same JSON form; :func:`evoselect_jax.data.clean.clean` then parses
-and validates what comes back. The instruction is plain chat messages, so a local
-model applies its own chat template and an OpenAI-compatible server applies its.
+A generator shows an LLM a few labelled target examples and asks for one new item in
+the same form; :func:`evoselect_jax.data.clean.clean` then parses and validates what
+comes back, in the same format. Two formats (``clean``'s :data:`~evoselect_jax.data.clean.FORMATS`):
+
+- ``json``: chat messages (:func:`generation_messages`) that show the exemplars as JSON
+  objects and ask for one more; a local model applies its own chat template and an
+  OpenAI-compatible server applies its. Suits instruction-following models.
+- ``text``: a plain completion prompt, no chat template (:func:`generation_text`): the
+  exemplars in the benchmark's own multiple-choice layout (``Question:``, ``A. ...``,
+  ``Answer: B``, a blank line after each), ending with the label that starts the next
+  item, for the model to continue. A small model that cannot hold a JSON schema still
+  continues a pattern; the record is :func:`item_start` plus the continuation up to the
+  blank line that ends the item.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from evoselect_jax.data.clean import ANSWER_LABEL, CONTEXT_LABEL, ITEM_END, QUESTION_LABEL
 from evoselect_jax.types import MCQExample
 
 _LETTERS = "ABCDE"
@@ -46,6 +56,43 @@ def generation_messages(exemplars: Sequence[MCQExample]) -> list[dict[str, str]]
     "correct option)."
   )
   return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def exemplar_text(example: MCQExample) -> str:
+  """One labelled example in the ``text`` layout, with the blank line that ends it.
+
+  Each field is one line: whitespace runs in it (newlines of a passage included) are
+  written as single spaces, so ``clean(..., format="text")`` reads the item back.
+  """
+  lines = [f"{CONTEXT_LABEL} {_one_line(example.context)}"] if example.context else []
+  lines.append(f"{QUESTION_LABEL} {_one_line(example.question)}")
+  lines += [f"{_LETTERS[i]}. {_one_line(c)}" for i, c in enumerate(example.choices)]
+  lines.append(f"{ANSWER_LABEL} {_LETTERS[example.answer]}")
+  return "\n".join(lines) + ITEM_END
+
+
+def item_start(exemplars: Sequence[MCQExample]) -> str:
+  """The label a new item starts with: ``Context:`` when every exemplar has one."""
+  return CONTEXT_LABEL if all(ex.context for ex in exemplars) else QUESTION_LABEL
+
+
+def generation_text(exemplars: Sequence[MCQExample]) -> str:
+  """A completion prompt for one new item like ``exemplars`` (few-shot, ``text`` layout).
+
+  Args:
+    exemplars: labelled target examples, at least one.
+
+  Returns:
+    The exemplars in the ``text`` layout, then :func:`item_start` for the model to
+    continue (stop it at :data:`~evoselect_jax.data.clean.ITEM_END`).
+  """
+  if not exemplars:
+    raise ValueError("A generation prompt needs at least one target exemplar")
+  return "".join(exemplar_text(ex) for ex in exemplars) + item_start(exemplars)
+
+
+def _one_line(text: str) -> str:
+  return " ".join(text.split())
 
 
 def extract_json_object(text: str) -> str:

@@ -1,12 +1,15 @@
 """Batched text generation with a KV cache: greedy, or sampling with temperature/top-k/top-p.
 
-:func:`generate_ids` is the jitted core: one prefill of the left-padded prompts into a
-preallocated :class:`~evoselect_jax.models.llama.KVCache`, then a ``lax.while_loop`` of
-one-token steps that ends once every row has produced an end-of-sequence token.
-:func:`generate` wraps it for text: it tokenises already-formatted prompts (see
-:func:`chat_prompt`), batches them with left padding to a few static shapes (prompt
+:func:`prefill` runs left-padded prompts into a preallocated
+:class:`~evoselect_jax.models.llama.KVCache` and :func:`decode` continues with a
+``lax.while_loop`` of one-token steps that ends at a given step or once every row has
+ended (both jitted); :func:`generate_ids` is the two in one call.
+:func:`generate_completions` wraps them for text: it tokenises already-formatted prompts
+(see :func:`chat_prompt`), batches them with left padding to a few static shapes (prompt
 lengths rounded up to a power of two, every batch padded to the same number of rows),
-and decodes the new tokens, cut at a stop string. Example::
+decodes in chunks, ends rows at an EOS or a stop string (checked on the text between
+chunks, so a batch stops once every row has ended), and returns each new text with why
+it ended; :func:`generate` returns the texts alone. Example::
 
   ckpt = load_checkpoint("smollm2-135m-instruct")
   prompt = chat_prompt(ckpt, [{"role": "user", "content": "Name a red planet."}])
@@ -19,9 +22,10 @@ the order of Hugging Face's logits warpers: temperature, top-k, top-p.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -127,10 +131,121 @@ def nucleus_floor(probs: jax.Array, top_p: float) -> jax.Array:
   return jax.lax.fori_loop(0, NUCLEUS_BISECTIONS, halve, bounds)[0]
 
 
-@functools.partial(
-  jax.jit,
-  static_argnames=("config", "max_new_tokens", "eos_ids", "temperature", "top_p", "top_k"),
-)
+class DecodeState(NamedTuple):
+  """The decoding loop's carry, between :func:`prefill` and :func:`decode` calls.
+
+  Attributes:
+    step: int32[], the next column of ``out`` to write (tokens generated so far).
+    token: int32[b], each row's last token.
+    done: bool[b], rows that have ended (an EOS, or marked by the caller).
+    out: int32[b, max_new_tokens], the new tokens; ``eos_ids[0]`` after a row ends.
+    cache: the KV cache of ``t + max_new_tokens`` slots.
+  """
+
+  step: jax.Array
+  token: jax.Array
+  done: jax.Array
+  out: jax.Array
+  cache: llama.KVCache
+
+
+_SAMPLING = ("eos_ids", "temperature", "top_p", "top_k")
+
+
+def _pick(logits, step, key, temperature, top_p, top_k):
+  """The token of decoding step ``step``: argmax, or a draw keyed by ``(key, step)``."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  step_key = jax.random.fold_in(key, step)
+  return sample_tokens(logits, step_key, temperature=temperature, top_p=top_p, top_k=top_k)
+
+
+def _ended(tokens, eos_ids):
+  return jnp.any(tokens[:, None] == jnp.asarray(eos_ids, jnp.int32)[None, :], axis=-1)
+
+
+def _prefill(
+  config, params, lora, input_ids, attention_mask, max_new_tokens, eos_ids, key, **sampling
+):
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  b, t = input_ids.shape
+  pad = eos_ids[0] if eos_ids else 0  # Only ever written after a row ends.
+  cache = llama.init_cache(config, b, t + max_new_tokens)
+  logits, cache = llama.apply_with_cache(config, params, lora, input_ids, attention_mask, cache)
+  token = _pick(logits, 0, key, **sampling)
+  out = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(token)
+  return DecodeState(jnp.int32(1), token, _ended(token, eos_ids), out, cache)
+
+
+def _decode(config, params, lora, state, until, eos_ids, key, **sampling):
+  b, max_new_tokens = state.out.shape
+  pad = eos_ids[0] if eos_ids else 0
+  until = jnp.minimum(until, max_new_tokens)
+  real = jnp.ones((b, 1), bool)
+
+  def cond(s):
+    return (s.step < until) & ~jnp.all(s.done)
+
+  def body(s):
+    logits, cache = llama.apply_with_cache(config, params, lora, s.token[:, None], real, s.cache)
+    token = jnp.where(s.done, pad, _pick(logits, s.step, key, **sampling))
+    out = jax.lax.dynamic_update_slice(s.out, token[:, None], (0, s.step))
+    return DecodeState(s.step + 1, token, s.done | _ended(token, eos_ids), out, cache)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", *_SAMPLING))
+def prefill(
+  config: LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  input_ids: jax.Array,
+  attention_mask: jax.Array,
+  *,
+  max_new_tokens: int,
+  eos_ids: tuple[int, ...],
+  key: jax.Array,
+  temperature: float,
+  top_p: float,
+  top_k: int,
+) -> DecodeState:
+  """Runs the prompts into a fresh cache and picks each row's first new token (jitted).
+
+  Arguments as :func:`generate_ids`; continue with :func:`decode`.
+  """
+  sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+  return _prefill(
+    config, params, lora, input_ids, attention_mask, max_new_tokens, eos_ids, key, **sampling
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("config", *_SAMPLING))
+def decode(
+  config: LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  state: DecodeState,
+  until: jax.Array | int,
+  *,
+  eos_ids: tuple[int, ...],
+  key: jax.Array,
+  temperature: float,
+  top_p: float,
+  top_k: int,
+) -> DecodeState:
+  """One-token steps from ``state`` until ``step == until`` or every row is done (jitted).
+
+  ``until`` is traced (one compile for every chunk of a run) and clipped to
+  ``max_new_tokens``. Step ``s`` draws with ``fold_in(key, s)`` whatever the chunking,
+  so decoding in chunks gives the tokens of one :func:`generate_ids` call.
+  """
+  sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+  return _decode(config, params, lora, state, until, eos_ids, key, **sampling)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", *_SAMPLING))
 def generate_ids(
   config: LlamaConfig,
   params: dict,
@@ -147,8 +262,9 @@ def generate_ids(
 ) -> jax.Array:
   """New tokens for a left-padded batch of prompts (jitted; shapes and options static).
 
-  The cache holds ``t + max_new_tokens`` slots, so compiles are one per input shape and
-  option set; decoding stops early once every row has ended.
+  :func:`prefill` then :func:`decode` to the end in one compiled call. The cache holds
+  ``t + max_new_tokens`` slots, so compiles are one per input shape and option set;
+  decoding stops early once every row has ended.
 
   Args:
     config: the architecture.
@@ -168,40 +284,11 @@ def generate_ids(
     int32[b, max_new_tokens]: each row's new tokens up to and including its first EOS,
     then ``eos_ids[0]`` to the end.
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  b, t = input_ids.shape
-  eos = jnp.asarray(eos_ids, jnp.int32)
-  pad = eos_ids[0] if eos_ids else 0  # Only ever written after an EOS.
-
-  def pick(logits, step):
-    if temperature == 0:
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    step_key = jax.random.fold_in(key, step)
-    return sample_tokens(logits, step_key, temperature=temperature, top_p=top_p, top_k=top_k)
-
-  def ended(tokens):
-    return jnp.any(tokens[:, None] == eos[None, :], axis=-1)
-
-  cache = llama.init_cache(config, b, t + max_new_tokens)
-  logits, cache = llama.apply_with_cache(config, params, lora, input_ids, attention_mask, cache)
-  token = pick(logits, 0)
-  out = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(token)
-  real = jnp.ones((b, 1), bool)
-
-  def cond(state):
-    step, _, done, _, _ = state
-    return (step < max_new_tokens) & ~jnp.all(done)
-
-  def body(state):
-    step, token, done, out, cache = state
-    logits, cache = llama.apply_with_cache(config, params, lora, token[:, None], real, cache)
-    token = jnp.where(done, pad, pick(logits, step))
-    out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
-    return step + 1, token, done | ended(token), out, cache
-
-  state = (jnp.int32(1), token, ended(token), out, cache)
-  return jax.lax.while_loop(cond, body, state)[3]
+  sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+  state = _prefill(
+    config, params, lora, input_ids, attention_mask, max_new_tokens, eos_ids, key, **sampling
+  )
+  return _decode(config, params, lora, state, max_new_tokens, eos_ids, key, **sampling).out
 
 
 def prompt_bucket(length: int) -> int:
@@ -237,6 +324,23 @@ def encode_batch(
   return ids, mask
 
 
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  """One prompt's continuation.
+
+  Attributes:
+    text: the new text, before the first EOS and cut before the earliest stop string.
+    finish: why the row ended: ``"stop"`` (a stop string), ``"eos"`` (an
+      end-of-sequence token) or ``"length"`` (``max_new_tokens`` reached).
+    num_tokens: tokens the row generated until it ended: its EOS or the token that
+      completed the stop string included.
+  """
+
+  text: str
+  finish: str
+  num_tokens: int
+
+
 def generate(
   checkpoint: Checkpoint,
   prompts: list[str],
@@ -249,15 +353,52 @@ def generate(
   seed: int = 0,
   lora: dict | None = None,
   batch_size: int = 8,
+  stop_check_every: int = 16,
 ) -> list[str]:
-  """Continues each already-formatted prompt; returns only the new text.
+  """The text of each prompt's continuation: :func:`generate_completions`' texts."""
+  completions = generate_completions(
+    checkpoint,
+    prompts,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_p=top_p,
+    top_k=top_k,
+    stop=stop,
+    seed=seed,
+    lora=lora,
+    batch_size=batch_size,
+    stop_check_every=stop_check_every,
+  )
+  return [c.text for c in completions]
+
+
+def generate_completions(
+  checkpoint: Checkpoint,
+  prompts: list[str],
+  *,
+  max_new_tokens: int,
+  temperature: float = 0.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  stop: Sequence[str] = (),
+  seed: int = 0,
+  lora: dict | None = None,
+  batch_size: int = 8,
+  stop_check_every: int = 16,
+) -> list[Completion]:
+  """Continues each already-formatted prompt; returns only the new text, and why it ended.
 
   Prompts are tokenised as they are (special tokens in the text are kept, none are
   added), batched in order with left padding, and decoded greedily or by sampling. A
-  row ends at any of ``checkpoint.eos_token_ids`` (not part of the text) or after
-  ``max_new_tokens``; its text is then cut before the earliest stop string. Stop
-  strings are matched on the decoded text after decoding, so they shorten the text,
-  not the compute.
+  row ends at any of ``checkpoint.eos_token_ids`` (not part of the text), at a stop
+  string, or after ``max_new_tokens``; its text is cut before the earliest stop string.
+
+  Stop strings are matched on the decoded text, so they hold across token boundaries:
+  the batch is decoded in chunks of ``stop_check_every`` steps (:func:`decode`), and
+  between chunks every row whose text holds a stop string is marked done. A batch whose
+  rows have all ended stops, so it pays for at most ``stop_check_every - 1`` steps past
+  its last stop instead of running to ``max_new_tokens``. The chunking does not change
+  the tokens: step ``s`` samples with ``fold_in(key, s)`` whatever the chunk.
 
   Args:
     checkpoint: the model and tokenizer.
@@ -271,48 +412,95 @@ def generate(
     lora: the ``lora`` collection to decode with, or ``None`` for the base model.
     batch_size: most prompts per batch; every batch is padded to
       ``min(batch_size, len(prompts))`` rows, so the last one does not recompile.
+    stop_check_every: decoding steps between two stop-string checks, >= 1 (a host
+      sync each); unused without stop strings.
 
   Returns:
-    One completion per prompt, in order.
+    One :class:`Completion` per prompt, in order.
   """
   _check_options(max_new_tokens, temperature, top_p, top_k, stop, seed, batch_size)
+  if isinstance(stop_check_every, bool) or not isinstance(stop_check_every, int):
+    raise ValueError(f"stop_check_every must be an int >= 1, got {stop_check_every!r}")
+  if stop_check_every < 1:
+    raise ValueError(f"stop_check_every must be an int >= 1, got {stop_check_every!r}")
   if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
     raise TypeError("prompts must be a list of strings")
   if not prompts:
     return []
   if temperature == 0:  # Greedy ignores the sampling cuts; one compile for any of them.
     top_p, top_k = 1.0, 0
+  stop = tuple(stop)
+  chunk = stop_check_every if stop else max_new_tokens
   rows = min(batch_size, len(prompts))
   key = jax.random.key(seed)
-  eos = tuple(checkpoint.eos_token_ids)
-  texts = []
+  tokenizer, eos = checkpoint.tokenizer, tuple(checkpoint.eos_token_ids)
+  options = dict(eos_ids=eos, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+  model = (checkpoint.config, checkpoint.params, lora)
+  completions = []
   for start in range(0, len(prompts), rows):
     batch = prompts[start : start + rows]
-    ids, mask = encode_batch(checkpoint.tokenizer, batch, rows)
-    new = generate_ids(
-      checkpoint.config,
-      checkpoint.params,
-      lora,
+    ids, mask = encode_batch(tokenizer, batch, rows)
+    batch_key = jax.random.fold_in(key, start // rows)
+    state = prefill(
+      *model,
       jnp.asarray(ids),
       jnp.asarray(mask),
       max_new_tokens=max_new_tokens,
-      eos_ids=eos,
-      key=jax.random.fold_in(key, start // rows),
-      temperature=float(temperature),
-      top_p=float(top_p),
-      top_k=int(top_k),
+      key=batch_key,
+      **options,
     )
-    for row in np.asarray(new)[: len(batch)]:
-      texts.append(_completion(checkpoint.tokenizer, row.tolist(), eos, stop))
-  return texts
+    # Padding rows have nothing to decode: done from the start, so they never hold a batch.
+    done = np.arange(rows) >= len(batch)
+    state = state._replace(done=state.done | jnp.asarray(done))
+    stopped_at = np.zeros(rows, np.int64)  # Tokens up to a row's stop string; 0: none yet.
+    checked = 0  # Steps whose text has been searched for stop strings.
+    while True:
+      state = decode(*model, state, int(state.step) + chunk, key=batch_key, **options)
+      step, done = int(state.step), np.asarray(state.done)
+      if stop:
+        out = np.asarray(state.out)
+        for i in np.flatnonzero(~done):
+          stopped_at[i] = _stop_point(tokenizer, out[i].tolist(), checked, step, stop)
+        if (stopped_at > 0).any():
+          done = done | (stopped_at > 0)
+          state = state._replace(done=jnp.asarray(done))
+      checked = step
+      if step >= max_new_tokens or done.all():
+        break
+    for i, row in enumerate(np.asarray(state.out)[: len(batch)].tolist()):
+      completions.append(_completion(tokenizer, row, eos, stop, int(stopped_at[i])))
+  return completions
 
 
-def _completion(tokenizer: Any, ids: list[int], eos: tuple[int, ...], stop: Sequence[str]) -> str:
-  """The text of ``ids`` before the first EOS, cut before the earliest stop string."""
+def _stop_point(tokenizer: Any, ids: list[int], checked: int, step: int, stop: tuple[str, ...]):
+  """The fewest tokens of ``ids[:step]`` whose text holds a stop string, else 0.
+
+  ``ids[:checked]`` held none (the previous check), so only ``(checked, step]`` is tried.
+  """
+  if not any(s in tokenizer.decode(ids[:step], skip_special_tokens=False) for s in stop):
+    return 0
+  for n in range(checked + 1, step + 1):
+    if any(s in tokenizer.decode(ids[:n], skip_special_tokens=False) for s in stop):
+      return n
+  return step
+
+
+def _completion(
+  tokenizer: Any, ids: list[int], eos: tuple[int, ...], stop: Sequence[str], stopped_at: int = 0
+) -> Completion:
+  """The completion of one row's new tokens ``ids`` (``stopped_at``: see :func:`_stop_point`)."""
+  if stopped_at > 0:
+    ids = ids[:stopped_at]
   ends = [i for i, token in enumerate(ids) if token in eos]
   text = tokenizer.decode(ids[: ends[0]] if ends else ids, skip_special_tokens=False)
   cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-  return text[: min(cuts)] if cuts else text
+  if cuts:
+    if not stopped_at:  # A stop string before an EOS of the same chunk.
+      stopped_at = _stop_point(tokenizer, ids, 0, ends[0] if ends else len(ids), stop)
+    return Completion(text[: min(cuts)], "stop", stopped_at)
+  if ends:
+    return Completion(text, "eos", ends[0] + 1)
+  return Completion(text, "length", len(ids))
 
 
 def _check_options(

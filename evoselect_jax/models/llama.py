@@ -26,11 +26,21 @@ params, lora, ...)))``.
 For decoding, :func:`apply_with_cache` runs a chunk of tokens against a preallocated
 :class:`KVCache` (keys and values of every earlier token), so each new token costs one
 position instead of the whole sequence.
+
+Taps (for factored per-example gradients, :mod:`evoselect_jax.features.factored`): every
+parametrised map records its input factor in the ``taps`` collection (when that
+collection is mutable) and adds a zero ``perturbations`` variable to its output (when
+that collection is given), whose gradient is d loss / d output (``nn.Module.perturb``).
+Projections record their input ``in`` and output ``out``, RMSNorms the normalised input
+``in`` (before the scale) and ``out``; the root records ``embed_out`` (the embedding
+lookup), ``head_in`` and ``head_out`` (the logits). Without those collections both are
+no-ops.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +51,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
+TAPS = "taps"  # the collection of recorded layer inputs, see the module docstring
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -258,7 +269,14 @@ class RMSNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return scale.astype(self.dtype) * x32.astype(self.dtype)
+    normed = x32.astype(self.dtype)
+    return _tap(self, normed, scale.astype(self.dtype) * normed)
+
+
+def _tap(module: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Records ``x`` as tap ``in`` and returns ``y`` with the perturbation ``out``; see the taps."""
+  module.sow(TAPS, "in", x)
+  return module.perturb("out", y)
 
 
 class Projection(nn.Module):
@@ -293,7 +311,7 @@ class Projection(nn.Module):
       b = self.variable("lora", "lora_b", jnp.zeros, (rank, self.features), jnp.float32).value
       scale = self.config.lora_alpha / rank
       y = y + scale * jnp.dot(jnp.dot(x.astype(dtype), a.astype(dtype)), b.astype(dtype))
-    return y
+    return _tap(self, x, y)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
@@ -468,13 +486,14 @@ class Llama(nn.Module):
     embed = nn.Embed(
       c.vocab_size, c.hidden_size, embedding_init=nn.initializers.normal(0.02), name="embed_tokens"
     )
-    x = embed(tokens).astype(c.compute_dtype)
+    x = self.perturb("embed_out", embed(tokens).astype(c.compute_dtype))
     for i in range(c.num_layers):
       x, cache = DecoderLayer(c, self.use_lora, i, name=f"layers_{i}")(x, positions, mask, cache)
     if cache is not None:
       x = x[:, -1]  # Decoding needs the last position only; skips [b, t, V] logits.
     x = RMSNorm(c.rms_norm_eps, c.compute_dtype, name="norm")(x)
     self.sow("intermediates", "final_hidden", x)  # read by hidden_states(); else a no-op
+    self.sow(TAPS, "head_in", x)
     if c.tie_word_embeddings:
       head = embed.embedding.T
     else:
@@ -482,6 +501,7 @@ class Llama(nn.Module):
         "lm_head", nn.initializers.normal(0.02), (c.hidden_size, c.vocab_size), jnp.float32
       )
     logits = jnp.dot(x, head.astype(c.compute_dtype), preferred_element_type=jnp.float32)
+    logits = self.perturb("head_out", logits)
     if cache is None:
       return logits
     return logits, cache.replace(mask=key_mask, length=cache.length + t)
@@ -498,9 +518,14 @@ def init(config: LlamaConfig, key: jax.Array, seq_len: int = 8) -> tuple[dict, d
   Returns:
     ``(params, lora)``: the ``params`` and ``lora`` collections.
   """
-  model = Llama(config, use_lora=True)
-  variables = jax.jit(model.init)(key, jnp.zeros((1, seq_len), jnp.int32))
+  variables = _init(config, seq_len, key)
   return variables["params"], variables["lora"]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(config: LlamaConfig, seq_len: int, key: jax.Array) -> dict:
+  """Compiled once per (config, seq_len): every seed of a run reuses it."""
+  return Llama(config, use_lora=True).init(key, jnp.zeros((1, seq_len), jnp.int32))
 
 
 def apply(

@@ -1,8 +1,11 @@
 """Optimal transport: solvers behind one protocol (OT_SOLVERS) and relevance readouts.
 
-Solvers: ``sinkhorn`` (entropic, balanced or unbalanced through ``tau_a``/``tau_b``)
-and ``lowrank`` (rank-constrained plans). :func:`ot_relevance` / :func:`solve` read a
-relevance per candidate off any of them.
+Solvers: ``sinkhorn`` (entropic, balanced or unbalanced through ``tau_a``/``tau_b``;
+``mode`` ``lse`` | ``kernel`` | ``auto``), ``sinkhorn_unbalanced`` (the same, with
+relaxed marginals by default) and ``lowrank`` (rank-constrained plans).
+:func:`ot_relevance` / :func:`solve` read a relevance per candidate off any of them.
+:mod:`evoselect_jax.ot.geometry` holds the geometries that make Sinkhorn fast on CPU
+(the cost computed once, a row-stabilised kernel, online products by row blocks).
 
 Adding a solver is one module:
 
@@ -17,7 +20,7 @@ Adding a solver is one module:
    every OT selector then use it unchanged.
 """
 
-from evoselect_jax.ot import lowrank, sinkhorn
+from evoselect_jax.ot import geometry, lowrank, sinkhorn
 from evoselect_jax.ot.base import DualSolution, OTSolution, OTSolver
 from evoselect_jax.ot.lowrank import LowRankSolution, LowRankSolver
 from evoselect_jax.ot.relevance import (
@@ -41,6 +44,7 @@ __all__ = [
   "OTSolution",
   "OTSolver",
   "SinkhornSolver",
+  "geometry",
   "lowrank",
   "make_ot_config",
   "ot_relevance",

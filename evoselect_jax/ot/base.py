@@ -21,6 +21,12 @@ A solution is a pytree with
   ``vmap``/``lax.map`` it over rows and never hold the [n, m] plan;
 - ``marginals() -> (P 1 [n], P^T 1 [m])``.
 
+A solver may run on another geometry than the problem's (the sinkhorn solver computes
+the cost once, or a stabilised kernel, :mod:`evoselect_jax.ot.geometry`); its solution
+still reads plan rows off the problem's point cloud, and carries the marginals it
+computed on its own geometry, since recomputing them from the point cloud costs a full
+pass over the [n, m] cost.
+
 Marginal relaxations (unbalanced OT) are properties of the problem (``tau_a``,
 ``tau_b``), as in ott-jax, so every solver handles balanced and unbalanced problems.
 """
@@ -84,6 +90,10 @@ class DualSolution:
     geom: the problem's ``PointCloud`` (its cost and ``epsilon``).
     converged: bool scalar, the solver's last error was below its threshold.
     iterations: int scalar, iterations run.
+    kernel: bool scalar, the solve ran in kernel mode (scalings and kernel-vector
+      products) rather than in the log domain.
+    row_marginal: [n] ``P 1`` as the solver computed it, or ``None`` (from ``geom``).
+    col_marginal: [m] ``P^T 1`` as the solver computed it, or ``None`` (from ``geom``).
   """
 
   f: jax.Array
@@ -91,6 +101,9 @@ class DualSolution:
   geom: pointcloud.PointCloud
   converged: jax.Array
   iterations: jax.Array
+  kernel: jax.Array | bool = False
+  row_marginal: jax.Array | None = None
+  col_marginal: jax.Array | None = None
 
   def potentials(self) -> tuple[jax.Array, jax.Array]:
     """``(f [n], g [m])``."""
@@ -108,7 +121,10 @@ class DualSolution:
     return jnp.exp(logits + self.f[i] / self.geom.epsilon)
 
   def marginals(self) -> tuple[jax.Array, jax.Array]:
-    """``(P 1 [n], P^T 1 [m])`` from the potentials, never forming P."""
-    rows = self.geom.marginal_from_potentials(self.f, self.g, axis=1)
-    cols = self.geom.marginal_from_potentials(self.f, self.g, axis=0)
+    """``(P 1 [n], P^T 1 [m])``: the solver's, else from the potentials, never forming P."""
+    rows, cols = self.row_marginal, self.col_marginal
+    if rows is None:
+      rows = self.geom.marginal_from_potentials(self.f, self.g, axis=1)
+    if cols is None:
+      cols = self.geom.marginal_from_potentials(self.f, self.g, axis=0)
     return rows, cols

@@ -24,7 +24,13 @@ with the mean taken under ``a ⊗ b`` (so padded rows, ``a_i = 0``, do not chang
 computed in closed form in O((n + m) d) for both costs. The absolute value is returned.
 The ``a``/``b`` weights are normalised to probability vectors; ``tau_a``/``tau_b`` are
 ott-jax's marginal relaxations (``tau = rho / (rho + epsilon)`` for a KL marginal
-penalty ``rho``; 1 is a hard marginal), ``a`` for candidates and ``b`` for targets.
+penalty ``rho``; 1 is a hard marginal), ``a`` for candidates and ``b`` for targets;
+left unset (``None``) they are the solver's defaults (1 for ``sinkhorn`` and
+``lowrank``, below 1 for ``sinkhorn_unbalanced``).
+
+Candidates enter the geometry as given (no normalised copy of the [n, d] features: the
+cosine cost normalises inside its matrix product), so the online geometry's memory is
+the features plus one block of cost rows.
 
 :func:`ot_relevance` is the eager entry point (it validates values); :func:`solve` is the
 traceable one, for use inside other jitted code.
@@ -43,12 +49,13 @@ from flax import struct
 from ott.geometry import costs, pointcloud
 from ott.problems.linear import linear_problem
 
-from evoselect_jax.ot.base import cost_row
+from evoselect_jax.ot.base import DualSolution, cost_row
+from evoselect_jax.ot.geometry import RowBlockPointCloud, ZeroSafeCosine, inv_norm
 from evoselect_jax.registry import OT_SOLVERS
 
 SCORES = ("potential", "plan_mass", "expected_cost")
 _COST_FNS: dict[str, Callable[[], costs.CostFn]] = {
-  "cosine": costs.Cosine,
+  "cosine": ZeroSafeCosine,
   "sqeuclidean": costs.SqEuclidean,
 }
 DEFAULT_EPSILON = 0.05  # relative to the mean cost; ott-jax's default factor (0.05 x a scale)
@@ -83,13 +90,17 @@ def make_ot_config(
   score: str = "potential",
   cost: str = "cosine",
   epsilon: float | None = None,
-  tau_a: float = 1.0,
-  tau_b: float = 1.0,
+  tau_a: float | None = None,
+  tau_b: float | None = None,
   solver: str = "sinkhorn",
   batch_size: int | None = None,
   **solver_options: Any,
 ) -> OTConfig:
-  """Validates options and builds an :class:`OTConfig` (``epsilon=None``: 0.05)."""
+  """Validates options and builds an :class:`OTConfig`.
+
+  ``epsilon=None`` is 0.05; ``tau_a``/``tau_b`` ``None`` are the solver's defaults
+  (its ``default_tau_a``/``default_tau_b``, else 1).
+  """
   if score not in SCORES:
     raise ValueError(f"Unknown OT score {score!r}; valid: {', '.join(SCORES)}")
   if cost not in _COST_FNS:
@@ -97,6 +108,13 @@ def make_ot_config(
   epsilon = DEFAULT_EPSILON if epsilon is None else epsilon
   if not epsilon > 0:
     raise ValueError(f"OT epsilon (relative to the mean cost) must be positive, got {epsilon!r}")
+  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    raise ValueError(f"OT batch_size must be None or a positive int, got {batch_size!r}")
+  built = OT_SOLVERS.get(solver)(**solver_options)
+  default_a = getattr(built, "default_tau_a", 1.0)
+  default_b = getattr(built, "default_tau_b", 1.0)
+  tau_a = default_a if tau_a is None else tau_a
+  tau_b = default_b if tau_b is None else tau_b
   for name, tau in (("tau_a", tau_a), ("tau_b", tau_b)):
     if not 0 < tau <= 1:
       raise ValueError(f"OT {name} must be in (0, 1], got {tau!r}")
@@ -105,9 +123,11 @@ def make_ot_config(
       "OT score 'plan_mass' needs a loose candidate marginal, tau_a < 1 (with tau_a = 1 "
       "every candidate's mass is a_i); tau_b relaxes the target marginal"
     )
-  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-    raise ValueError(f"OT batch_size must be None or a positive int, got {batch_size!r}")
-  built = OT_SOLVERS.get(solver)(**solver_options)
+  if (default_a < 1 or default_b < 1) and tau_a == tau_b == 1:
+    raise ValueError(
+      f"OT solver {solver!r} is unbalanced, but tau_a = tau_b = 1 makes the problem "
+      "balanced; set a tau below 1 or use solver 'sinkhorn'"
+    )
   if score == "potential" and not built.has_potentials:
     raise ValueError(
       f"OT score 'potential' reads dual potentials, which OT solver {solver!r} does not "
@@ -161,6 +181,11 @@ class OTRelevance:
     """Int scalar, solver iterations run."""
     return self.solution.iterations
 
+  @property
+  def kernel(self) -> jax.Array:
+    """Bool scalar, the solve ran in kernel mode (``False`` for solvers without one)."""
+    return jnp.asarray(getattr(self.solution, "kernel", False))
+
   def plan_rows(self, rows: jax.Array | None = None, *, normalize: bool = False) -> jax.Array:
     """Rows of the plan, [r, m].
 
@@ -178,20 +203,11 @@ class OTRelevance:
     return _map_rows(lambda i: self.solution.plan_row(i, normalize), (rows,), self.batch_size)
 
 
-def _prepare(z: jax.Array, cost: str) -> jax.Array:
-  """Unit rows for the cosine cost (zero rows stay zero); float32 either way."""
-  z = z.astype(jnp.float32)
-  if cost != "cosine":
-    return z
-  norm = jnp.linalg.norm(z, axis=1, keepdims=True)
-  return z / jnp.where(norm > 0, norm, 1.0)
-
-
 def _mean_cost(x: jax.Array, y: jax.Array, a: jax.Array, b: jax.Array, cost: str) -> jax.Array:
-  """``sum_ij a_i b_j C_ij`` in closed form (``a``, ``b`` sum to 1; ``x``, ``y`` prepared)."""
-  xa, yb = a @ x, b @ y
+  """``sum_ij a_i b_j C_ij`` in closed form (``a``, ``b`` sum to 1), O((n + m) d)."""
   if cost == "cosine":
-    return 1.0 - xa @ yb
+    return 1.0 - ((a * inv_norm(x)) @ x) @ ((b * inv_norm(y)) @ y)
+  xa, yb = a @ x, b @ y
   return a @ jnp.sum(x * x, axis=1) + b @ jnp.sum(y * y, axis=1) - 2.0 * xa @ yb
 
 
@@ -235,12 +251,12 @@ def solve(
   Returns:
     The :class:`OTRelevance`.
   """
-  x, y = _prepare(x, config.cost), _prepare(y, config.cost)
+  x, y = x.astype(jnp.float32), y.astype(jnp.float32)
   a = a.astype(jnp.float32) / jnp.sum(a)
   b = b.astype(jnp.float32) / jnp.sum(b)
   scale = _mean_cost(x, y, a, b, config.cost)
   epsilon = config.epsilon * jnp.where(scale > 0, scale, 1.0)  # 1 when every cost is 0
-  geom = pointcloud.PointCloud(
+  geom = RowBlockPointCloud(
     x, y, cost_fn=_COST_FNS[config.cost](), epsilon=epsilon, batch_size=config.batch_size
   )
   problem = linear_problem.LinearProblem(geom, a, b, tau_a=config.tau_a, tau_b=config.tau_b)
@@ -254,7 +270,19 @@ def solve(
   )
 
 
-_solve_jit = jax.jit(solve, static_argnums=0)
+def _solve_detached(config: OTConfig, *args: Any) -> OTRelevance:
+  """:func:`solve` without the features in its output.
+
+  A jitted function that returns its input returns a copy of it ([n, d] more memory);
+  :func:`ot_relevance_output` puts the caller's arrays back.
+  """
+  out = solve(config, *args)
+  if isinstance(out.solution, DualSolution):
+    out = out.replace(solution=out.solution.replace(geom=None))
+  return out
+
+
+_solve_jit = jax.jit(_solve_detached, static_argnums=0)
 
 
 def _weights(w: jax.Array | None, size: int, name: str) -> jax.Array:
@@ -275,11 +303,11 @@ def ot_relevance_output(
   score: str = "potential",
   cost: str = "cosine",
   epsilon: float | None = None,
-  tau_b: float = 1.0,
+  tau_b: float | None = None,
   a: jax.Array | None = None,
   b: jax.Array | None = None,
   solver: str = "sinkhorn",
-  tau_a: float = 1.0,
+  tau_a: float | None = None,
   batch_size: int | None = None,
   init: tuple[jax.Array, jax.Array] | None = None,
   **solver_options: Any,
@@ -293,15 +321,18 @@ def ot_relevance_output(
       ``expected_cost``.
     cost: ``cosine`` | ``sqeuclidean``.
     epsilon: entropic regularisation relative to the mean cost (``None``: 0.05).
-    tau_b: target-marginal relaxation (1 = hard).
+    tau_b: target-marginal relaxation (1 = hard; ``None``: the solver's default, 1
+      except for ``sinkhorn_unbalanced``).
     a: [n] candidate weights, zeros for padded rows (relevance ``-inf``); default uniform.
     b: [m] target weights; default uniform.
     solver: a name in ``OT_SOLVERS``.
-    tau_a: candidate-marginal relaxation (1 = hard).
+    tau_a: candidate-marginal relaxation (1 = hard; ``None``: the solver's default).
     batch_size: online geometry block size; ``None`` stores the [n, m] cost.
     init: warm-start potentials ``(f [n], g [m])``, e.g. from a previous result.
     **solver_options: the solver's options (``sinkhorn``: ``max_iterations``,
-      ``threshold``, ``fixed_iterations``, ``inner_iterations``; ``lowrank``: ``rank``,
+      ``threshold``, ``fixed_iterations``, ``inner_iterations``, ``mode``,
+      ``norm_error``; ``sinkhorn_unbalanced``: those and ``default_tau_a``,
+      ``default_tau_b``; ``lowrank``: ``rank``,
       ``initializer``, ``gamma``, ``max_iterations``, ``threshold``,
       ``inner_iterations``).
 
@@ -327,7 +358,14 @@ def ot_relevance_output(
   a, b = _weights(a, n, "a"), _weights(b, m, "b")
   if init is not None and (jnp.shape(init[0]) != (n,) or jnp.shape(init[1]) != (m,)):
     raise ValueError(f"init must be potentials (f [{n}], g [{m}])")
-  return _solve_jit(config, candidates, targets, a, b, init)
+  x, y = jnp.asarray(candidates, jnp.float32), jnp.asarray(targets, jnp.float32)
+  out = _solve_jit(config, x, y, a, b, init)
+  if isinstance(out.solution, DualSolution):
+    geom = RowBlockPointCloud(
+      x, y, cost_fn=_COST_FNS[cost](), epsilon=out.epsilon, batch_size=batch_size
+    )
+    out = out.replace(solution=out.solution.replace(geom=geom))
+  return out
 
 
 def ot_relevance(
@@ -337,7 +375,7 @@ def ot_relevance(
   score: str = "potential",
   cost: str = "cosine",
   epsilon: float | None = None,
-  tau_b: float = 1.0,
+  tau_b: float | None = None,
   **options: Any,
 ) -> jax.Array:
   """Relevance [n] of each candidate to the targets (higher = more aligned).

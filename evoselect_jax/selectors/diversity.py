@@ -5,8 +5,11 @@ candidates still available, so one compiled program serves every pool of the sam
 shape. A step with no available candidate left writes index ``-1``; the selectors check
 ``k`` against the number of valid candidates before calling these.
 
-Similarities are cosines between rows, computed on unit-normalised copies (zero rows
-stay zero and have similarity 0 to everything).
+Similarities are cosines between rows (a zero row has similarity 0 to everything),
+computed from the features and their inverse norms, never a normalised copy: beyond the
+[n, d] features, MMR holds O(n) and facility location the [n, m] candidate-target
+similarities. A step costs one [n, d] matrix-vector product (MMR) or one pass over the
+[n, m] similarities (facility location).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ def unit_rows(z: jax.Array) -> jax.Array:
   z = z.astype(jnp.float32)
   norm = jnp.linalg.norm(z, axis=1, keepdims=True)
   return z / jnp.where(norm > 0, norm, 1.0)
+
+
+def inv_norms(z: jax.Array) -> jax.Array:
+  """``1 / ||z_i||`` per row of ``z`` [n, d], float32; 0 for zero rows."""
+  norm = jnp.linalg.norm(z.astype(jnp.float32), axis=1)
+  return jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
 def min_max(x: jax.Array, available: jax.Array) -> jax.Array:
@@ -58,7 +67,8 @@ def mmr(
   Returns:
     int32 [k] picked indices in pick order (``-1`` once nothing is available).
   """
-  u = unit_rows(feats)
+  feats = feats.astype(jnp.float32)
+  inv = inv_norms(feats)
 
   def step(t: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     picked, available, max_sim = state
@@ -66,7 +76,7 @@ def mmr(
     i, ok = _pick(lam * relevance - (1.0 - lam) * penalty, available)
     picked = picked.at[t].set(jnp.where(ok, i, -1))
     available = available.at[i].set(False)
-    max_sim = jnp.maximum(max_sim, u @ u[i])
+    max_sim = jnp.maximum(max_sim, (feats @ feats[i]) * inv * inv[i])
     return picked, available, max_sim
 
   n = relevance.shape[0]
@@ -99,12 +109,13 @@ def facility_location(
   Returns:
     int32 [k] picked indices in pick order (``-1`` once nothing is available).
   """
-  sim = unit_rows(cand) @ unit_rows(targets).T
+  cand = cand.astype(jnp.float32)
+  sim = (cand @ unit_rows(targets).T) * inv_norms(cand)[:, None]
   w = jnp.ones((targets.shape[0],), jnp.float32) if weights is None else weights
 
   def step(t: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     picked, available, cover = state
-    gain = jnp.maximum(sim - cover, 0.0) @ w
+    gain = jnp.sum(jnp.maximum(sim - cover, 0.0) * w, axis=1)  # a fused reduction
     i, ok = _pick(gain, available)
     picked = picked.at[t].set(jnp.where(ok, i, -1))
     available = available.at[i].set(False)

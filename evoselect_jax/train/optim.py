@@ -13,6 +13,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from evoselect_jax import sharding
 from evoselect_jax.train.callables import StaticPart, merge_callable, split_callable
 
 _OPTIMIZERS = {
@@ -127,6 +128,7 @@ def fit(
   opt_state: Any = None,
   desc: str = "train",
   progress: bool = True,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> FitOutput:
   """Minimises ``loss_fn`` over mini-batches of ``data`` for ``steps`` steps.
 
@@ -151,6 +153,10 @@ def fit(
     opt_state: state to resume from; ``None`` initialises it.
     desc: progress-bar label.
     progress: show a tqdm progress bar.
+    batch_sharding: ``None`` (one device) or the sharding of each batch's leading axis
+      (data parallel: XLA splits the step over its mesh and all-reduces the gradients;
+      ``batch_size`` must divide by the mesh axis); the parameters and the optimizer
+      state are replicated on the same mesh.
 
   Returns:
     A :class:`FitOutput`.
@@ -167,6 +173,14 @@ def fit(
   data = {name: np.asarray(x) for name, x in data.items()}
   trainable = jax.tree.map(jnp.array, trainable)
   opt_state = optimizer.init(trainable) if opt_state is None else jax.tree.map(jnp.array, opt_state)
+  if batch_sharding is not None:
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    state = sharding.put((trainable, opt_state, loss_arrays), replicated)
+    trainable, opt_state, loss_arrays = state
+
+  def put(batch: dict[str, np.ndarray]) -> Any:
+    return batch if batch_sharding is None else sharding.put(batch, batch_sharding)
+
   indices = batch_indices(key, n, steps, batch_size)
   losses = np.zeros(steps, np.float32)
   with tqdm(total=steps, desc=desc, disable=not progress) as bar:
@@ -186,7 +200,7 @@ def fit(
         optimizer,
         trainable,
         opt_state,
-        {name: x[indices[step]] for name, x in data.items()},
+        put({name: x[indices[step]] for name, x in data.items()}),
       )
       if pending is not None:  # Read the previous loss while this step runs.
         record(step - 1, pending)

@@ -1,0 +1,217 @@
+"""Factored per-example gradient features of the decoder: never form a per-example gradient.
+
+LoGra (Choe et al. 2024, "What is your data worth to GPT?"): for a linear map
+``y = x W`` (x [t, d_in], W [d_in, d_out]) one example's gradient is
+``dW = Σ_t x_tᵀ δ_t`` with ``δ = dL/dy`` [t, d_out]. Its projection by the Kronecker
+matrix ``kron(P_in, P_out)`` (the ``kronecker`` projector, P_in [d_in, r_in], P_out
+[d_out, r_out]) is ``P_inᵀ dW P_out = (x P_in)ᵀ (δ P_out)`` [r_in, r_out]: two thin
+matmuls per token and a sum over tokens, never the [d_in, d_out] gradient.
+
+The decoder's taps (:mod:`evoselect_jax.models.llama`) supply both factors for a whole
+micro-batch at once: one batched forward records every layer's input x, and one batched
+backward of ``Σ_i loss_i`` with respect to zero perturbations on the layer outputs gives
+every δ; examples do not interact, so row i of δ is example i's own output gradient. No
+weight gradient is computed at all (the backward is the input-gradient half only).
+
+Every parameter of the decoder is covered, so ``params='all'`` features are exact:
+
+- projection kernels (q/k/v/o, gate/up/down) and ``lm_head``: ``(x P_in)ᵀ (δ P_out)``;
+- the embedding [V, d]: its lookup is a linear map of one-hot tokens, so
+  ``(P_V[tokens])ᵀ (δ_embed P_d)``, plus, when tied, the head's
+  ``(δ_logits P_V)ᵀ (h P_d)``;
+- vectors (RMSNorm scales, biases): their per-example gradients are [n, d]
+  (``Σ_t x̂_t ⊙ δ_t``, ``Σ_t δ_t``) and are projected as they are (dense Gaussian);
+- LoRA factors (``y += s·x A B``): ``dA = s·xᵀ(δ Bᵀ)`` and ``dB = s·(x A)ᵀ δ``, again
+  two factors each.
+
+The result equals ``make_tree_projector("kronecker", diff, ...)`` applied to the true
+per-example gradients (tests/test_grads_decoder.py checks it against the dense
+``kron`` matrix).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from evoselect_jax.features.grads import Features, _map_micro_batches, finish_features
+from evoselect_jax.features.projectors import KroneckerProjector, TreeProjector
+from evoselect_jax.models import llama
+from evoselect_jax.train import losses
+
+COLLECTIONS = ("params", "lora")
+
+
+def decoder_factors(
+  config: llama.LlamaConfig, params: dict, lora: dict | None, batch: dict[str, jax.Array]
+) -> tuple[dict, dict]:
+  """Every layer's input and output gradient for a batch, by one forward and one backward.
+
+  Args:
+    config: the architecture.
+    params: the ``params`` collection.
+    lora: the ``lora`` collection or ``None``.
+    batch: ``tokens int32[b, t]``, ``attention_mask [b, t]``, ``loss_mask [b, t]``.
+
+  Returns:
+    ``(taps, deltas)``: the ``taps`` collection (inputs, each a 1-tuple of [b, t, ...])
+    and the gradients of ``Σ_i loss_i`` with respect to the ``perturbations`` (output
+    gradients [b, t, ...]), both keyed by module path; see the decoder's taps.
+  """
+  model = llama.Llama(config, use_lora=lora is not None)
+  variables = {"params": params} | ({"lora": lora} if lora is not None else {})
+  tokens, mask = batch["tokens"], batch["attention_mask"]
+
+  def shapes():
+    return model.apply(variables, tokens, mask, mutable=["perturbations"])[1]["perturbations"]
+
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
+
+  def total_loss(perturbations):
+    logits, state = model.apply(
+      variables | {"perturbations": perturbations}, tokens, mask, mutable=[llama.TAPS]
+    )
+    return losses.token_losses(logits, tokens, batch["loss_mask"]).sum(), state[llama.TAPS]
+
+  deltas, taps = jax.grad(total_loss, has_aux=True)(zeros)
+  return taps, deltas
+
+
+def _at(tree: dict, path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _outer(ul: jax.Array, vr: jax.Array) -> jax.Array:
+  """``Σ_t ul_tᵀ vr_t`` per example, flattened: [n, t, r_a], [n, t, r_b] -> [n, r_a·r_b]."""
+  n = ul.shape[0]
+  return jnp.einsum("ntr,nts->nrs", ul, vr).reshape(n, -1)
+
+
+def _leaf_projection(
+  path: tuple[str, ...],
+  proj: KroneckerProjector,
+  *,
+  collection: str,
+  config: llama.LlamaConfig,
+  lora: dict | None,
+  taps: dict,
+  deltas: dict,
+  tokens: jax.Array,
+) -> jax.Array:
+  """The projected per-example gradient [n, out_dim] of the parameter at ``path``."""
+  f32 = jnp.float32
+  *module, name = path
+  module = tuple(module)
+  if collection == "params" and path == ("embed_tokens", "embedding"):
+    out = _outer(proj.left[tokens], deltas["embed_out"].astype(f32) @ proj.right)
+    if config.tie_word_embeddings:  # logits = h Eᵀ: dE = δ_logitsᵀ h
+      ul = deltas["head_out"].astype(f32) @ proj.left
+      out = out + _outer(ul, taps["head_in"][0].astype(f32) @ proj.right)
+    return out
+  if collection == "params" and path == ("lm_head",):
+    return proj.project_factors(taps["head_in"][0], deltas["head_out"])
+  try:
+    x, delta = _at(taps, module)["in"][0], _at(deltas, module)["out"]
+  except (KeyError, TypeError):
+    raise ValueError(
+      f"No factors for {collection} leaf {'/'.join(path)}: the factored path covers the "
+      "decoder's projections, norms, embedding and head (see evoselect_jax.models.llama)"
+    ) from None
+  if collection == "params" and name == "kernel":
+    return proj.project_factors(x, delta)
+  if collection == "params" and name == "bias":
+    return proj(delta.astype(f32).sum(1))
+  if collection == "params" and name == "scale":
+    return proj((x.astype(f32) * delta.astype(f32)).sum(1))
+  if collection == "lora" and name in ("lora_a", "lora_b"):
+    adapter, scale = _at(lora, module), config.lora_alpha / config.lora_rank
+    if name == "lora_a":  # dA = s xᵀ (δ Bᵀ)
+      return proj.project_factors(x, scale * (delta.astype(f32) @ adapter["lora_b"].T))
+    return proj.project_factors(scale * (x.astype(f32) @ adapter["lora_a"]), delta)  # dB
+  raise ValueError(f"No factored gradient for {collection} leaf {'/'.join(path)}")
+
+
+def check_factored_projector(projector: Any, diff: Any) -> None:
+  """Raises unless ``projector`` is a leaf-wise Kronecker projector built on ``diff``."""
+  if not isinstance(projector, TreeProjector):
+    raise TypeError(
+      f"factored_features needs a TreeProjector, got {type(projector).__name__}; build it "
+      "with make_tree_projector('factored' or 'kronecker', diff, out_dim, key)"
+    )
+  leaves, treedef = jax.tree.flatten(diff)
+  if treedef != projector.treedef:
+    raise ValueError(f"Projector built for {projector.treedef}, the parameters are {treedef}")
+  for proj, leaf in zip(projector.projectors, leaves, strict=True):
+    shape = tuple(leaf.shape)
+    view = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
+    if not isinstance(proj, KroneckerProjector) or proj.in_shape != view:
+      raise ValueError(
+        f"factored_features needs Kronecker leaf projectors with in_shape=leaf.shape "
+        f"(make_tree_projector('factored', ...)); got {type(proj).__name__} for a leaf {shape}"
+      )
+
+
+def factored_features(
+  config: llama.LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  diff: Any,
+  batch: dict[str, jax.Array],
+  projector: TreeProjector,
+  *,
+  collection: str,
+  micro_batch: int = 64,
+  normalize: bool = True,
+) -> Features:
+  """Kronecker-projected per-example gradients of the decoder, from layer factors.
+
+  Equal to ``per_example_features(loss, diff, batch, projector)`` with ``loss`` the
+  example's answer-token cross-entropy (:func:`~evoselect_jax.train.losses.example_loss`),
+  but without forming any per-example gradient.
+
+  Args:
+    config: the architecture.
+    params: the ``params`` collection (the whole model, for the forward pass).
+    lora: the ``lora`` collection or ``None``.
+    diff: the parameters whose gradients are featurised: a subtree of ``params`` (with
+      the same paths) when ``collection='params'``, the ``lora`` tree when ``'lora'``.
+    batch: ``tokens int32[n, t]``, ``attention_mask [n, t]``, ``loss_mask [n, t]``.
+    projector: ``make_tree_projector('factored' or 'kronecker', diff, out_dim, key)``.
+    collection: ``params`` or ``lora``, which collection ``diff`` comes from.
+    micro_batch: examples per batched forward and backward.
+    normalize: L2-normalise each row; zero rows stay zero.
+
+  Returns:
+    :class:`~evoselect_jax.features.Features` [n, out_dim]; rows whose projection is
+    not finite (a NaN or inf in any factor makes it so) are zeros, flagged in ``finite``.
+  """
+  if collection not in COLLECTIONS:
+    raise ValueError(f"collection={collection!r}; valid: {', '.join(COLLECTIONS)}")
+  if collection == "lora" and lora is None:
+    raise ValueError("collection='lora' needs the lora collection")
+  check_factored_projector(projector, diff)
+  paths = [tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(diff)[0]]
+
+  def featurize(examples):
+    taps, deltas = decoder_factors(config, params, lora, examples)
+    z = None
+    for path, proj in zip(paths, projector.projectors, strict=True):
+      part = _leaf_projection(
+        path,
+        proj,
+        collection=collection,
+        config=config,
+        lora=lora,
+        taps=taps,
+        deltas=deltas,
+        tokens=examples["tokens"],
+      )
+      z = part if z is None else z + part
+    return finish_features(z, jnp.all(jnp.isfinite(z), axis=1), normalize)
+
+  return _map_micro_batches(featurize, batch, micro_batch)

@@ -1,0 +1,107 @@
+"""The OT and diversity stages of experiments/bench_selection.py at smoke size.
+
+Each stage runs its own comparison against its peer; these tests check that ours and
+the peer's results agree (not their speed).
+"""
+
+import numpy as np
+import pytest
+
+from configs.bench_selection import get_config
+from experiments.selection_bench import diversity as diversity_stage
+from experiments.selection_bench import ot as ot_stage
+
+
+@pytest.fixture(scope="module")
+def smoke():
+  return get_config("size=smoke")
+
+
+def test_ot_stage_matches_pot(smoke):
+  result = ot_stage.run(smoke.ot, {}, seed=0, repeats=1)
+  (row,) = result["rows"]
+  assert row["pot_sinkhorn"]["converged"] and row["pot_sinkhorn_log"]["converged"]
+  for mode in smoke.ot.modes:
+    ours = row[f"ours_{mode}"]
+    assert ours["converged"] and ours["mode_ran"] == mode
+    # same stopping rule and check schedule as POT (tests/test_ot.py checks the exact
+    # count away from the float32 floor; here stopThr is near it: one check apart at most)
+    assert abs(ours["iterations"] - row["pot_sinkhorn"]["iterations"]) <= 10
+    assert ours["marginal_error_l2"] < smoke.ot.threshold
+    for peer in ("pot_sinkhorn", "pot_sinkhorn_log"):
+      assert ours[f"relevance_diff_vs_{peer}_over_eps"] < 1e-4  # measured ~4e-6
+  online = result["online"]
+  assert online["completed"] and online["converged"] and online["relevance_finite"]
+  assert online["marginal_error_l2"] < smoke.ot.threshold
+  assert 0 < online["peak_host_gib"] < 8
+  series = {"ours (kernel)", "ours (lse)", "POT sinkhorn", "POT sinkhorn_log"}
+  assert set(result["plot"]["series"]) == series
+
+
+def test_online_child_equals_dense_solve(smoke):
+  """The child's online solve (row blocks and a remainder) gives the dense relevance."""
+  cfg = smoke.ot
+  n, m, d = cfg.online
+  args = dict(
+    n=n,
+    m=m,
+    d=d,
+    seed=3,
+    clusters=cfg.clusters,
+    noise=cfg.noise,
+    cost=cfg.cost,
+    epsilon=cfg.epsilon,
+    batch_size=cfg.online_batch_size,
+    mode="kernel",
+    threshold=1e-6,  # above the float32 floor of the dense kernel's 2001-row sums
+    max_iterations=cfg.max_iterations,
+    return_relevance=True,
+  )
+  assert n % cfg.online_batch_size  # a remainder block
+  online = ot_stage.online_child(args)
+  dense = ot_stage.online_child({**args, "batch_size": None})
+  assert online["converged"] and dense["converged"]
+  assert online["iterations"] == dense["iterations"]
+  eps = 0.05  # relative; the absolute value is about the same (mean cosine cost ~1)
+  np.testing.assert_allclose(online["relevance"], dense["relevance"], atol=1e-4 * eps)
+
+
+def test_diversity_stage_picks_what_numpy_picks(smoke):
+  cfg = smoke.diversity
+  result = diversity_stage.run(cfg, {}, seed=0, repeats=1)
+  rows = result["rows"]
+  assert len(rows) == len(cfg.algos) * len(cfg.ns) * len(cfg.ks)
+  for row in rows:
+    assert row["same_picks"], row
+    if row["algo"] == "mmr":  # beyond its inputs, MMR holds O(n): no [n, d] copy, no [n, n]
+      assert row["xla_temp_bytes"] < 4 * row["n"] * row["d"]
+  assert result["summary"]["same_picks_all"]
+
+
+def test_numpy_greedies_match_the_brute_force_definition():
+  """The peers themselves, against a literal reading of their objectives on tiny n."""
+  rng = np.random.default_rng(0)
+  feats = rng.normal(size=(23, 5)).astype(np.float32)
+  targets = rng.normal(size=(6, 5)).astype(np.float32)
+  rel = rng.uniform(size=23).astype(np.float32)
+  mask = np.ones(23, bool)
+  mask[[3, 7]] = False
+  unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+  vt = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+  chosen = []
+  for _ in range(6):
+    best = max(
+      (i for i in range(23) if mask[i] and i not in chosen),
+      key=lambda i: 0.5 * rel[i] - 0.5 * max((unit[i] @ unit[s] for s in chosen), default=0.0),
+    )
+    chosen.append(best)
+  assert diversity_stage.numpy_mmr(rel, feats, 6, 0.5, mask).tolist() == chosen
+  chosen = []
+  for _ in range(6):
+
+    def coverage(extra):
+      return sum(max([0.0] + [vt[j] @ unit[s] for s in [*chosen, extra]]) for j in range(6))
+
+    candidates = [i for i in range(23) if mask[i] and i not in chosen]
+    chosen.append(max(candidates, key=coverage))
+  assert diversity_stage.numpy_facility_location(feats, targets, 6, mask).tolist() == chosen
