@@ -58,6 +58,10 @@ def get_config(arg=None):
   g.whole_model = m20  # whole-model features (issue #6: the ~20M 4-layer decoder)
   g.seq_len = 128  # tokens per example (a prompt of realistic length), all real
   g.answer_tokens = 8  # the last tokens carry the loss (the answer)
+  # Ours: "answer" scores only the positions that predict answer tokens (the last block's
+  # query side and MLP and the head run there only; losses.num_scored); "all" computes
+  # logits everywhere, as the peers (transformers' forward) do.
+  g.scored = "answer"
   g.num_examples = 8  # examples per timed call
   g.out_dim = 1024  # projected features: 32 x 32 Kronecker blocks per leaf
   g.micro_batch = 4  # ours: examples per vmap / batched forward-backward
@@ -68,10 +72,10 @@ def get_config(arg=None):
   g.whole_project_interval = 1  # whole model: each example's 78 MB gradient at once
   g.torch_micro_batch = 4  # torch.func.vmap chunk_size
   g.torch_device = "cpu"
-  # On a 2-core machine shared with other jobs, torch's spinning OpenMP threads make it
-  # 3-10x slower at 2 threads than at 1 (measured); 1 is the peers' fastest here.
-  # None: torch's default (every core), for a machine of one's own.
-  g.torch_threads = 1
+  # The peers run at each intra-op thread count (None: every core) and are reported at
+  # their fastest: on a quiet 2-core machine 2 threads are 1.6x faster than 1, while
+  # under other jobs torch's spinning OpenMP threads make 2 up to 3-10x slower (measured).
+  g.torch_threads = (1, None)
   g.torch_attention = "sdpa"  # transformers' default, the LESS peer's attention
   g.torch_vmap_attention = "eager"  # sdpa has no vmap batching rule (a per-example loop)
 
@@ -128,7 +132,7 @@ def get_config(arg=None):
     )
     g.update(lora_models=(m20, m135), seq_len=256, num_examples=64, out_dim=4096)
     g.update(micro_batch=16, gtp=(("kronecker", 1), ("kronecker", 8)), torch_micro_batch=16)
-    g.update(torch_device="cuda", torch_threads=None)
+    g.update(torch_device="cuda", torch_threads=(None,))
     pr.update(rows=64, dense_in_dim=262_144, out_dim=4096)
     pr.cases = (
       dict(name="gaussian"),

@@ -47,7 +47,6 @@ from evoselect_jax.eval import prompts
 from evoselect_jax.features import make_tree_projector
 from evoselect_jax.generators.jsonl import JsonlGenerator
 from evoselect_jax.generators.openai import GeneratorError
-from evoselect_jax.models import llama
 from evoselect_jax.registry import GENERATORS, MODELS, TASKS
 from evoselect_jax.selectors import build_selector
 from evoselect_jax.train import losses, optim
@@ -576,7 +575,7 @@ def _warmup(model_config, params, task, tokenizer, config, seed, key, progress):
   examples = task.pretrain(config.warmup.examples, seed=seed)
   data = prompts.encode_for_training(tokenizer, examples, config.max_len)
   # A partial of a module-level function: runs in one process share its compiled step.
-  loss_fn = functools.partial(_warmup_loss, model_config)
+  loss_fn = functools.partial(_warmup_loss, model_config, losses.num_scored(data["loss_mask"]))
   optimizer = optim.make_optimizer(
     "adamw",
     learning_rate=config.warmup.learning_rate,
@@ -597,7 +596,6 @@ def _warmup(model_config, params, task, tokenizer, config, seed, key, progress):
   return out.trainable
 
 
-def _warmup_loss(model_config, params, batch):
+def _warmup_loss(model_config, num_scored, params, batch):
   """Mean token cross-entropy of the base model (no LoRA) on a batch."""
-  logits = llama.apply(model_config, params, None, batch["tokens"], batch["attention_mask"])
-  return losses.token_losses(logits, batch["tokens"], batch["loss_mask"]).mean()
+  return losses.batch_losses(model_config, params, None, batch, num_scored).mean()

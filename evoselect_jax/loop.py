@@ -23,7 +23,6 @@ import numpy as np
 
 from evoselect_jax import distributed, sharding
 from evoselect_jax import features as features_lib
-from evoselect_jax import ot as ot_lib
 from evoselect_jax.data import clean as clean_lib
 from evoselect_jax.eval import mcqa, prompts
 from evoselect_jax.models import llama
@@ -156,7 +155,9 @@ def feature_params(learner: Learner, which: str, last_k: int = 1) -> Any:
   raise ValueError(f"Unknown features.params {which!r}; valid: {', '.join(FEATURE_PARAMS)}")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "which", "micro_batch", "layout"))
+@functools.partial(
+  jax.jit, static_argnames=("config", "which", "micro_batch", "num_scored", "layout")
+)
 def featurize(
   config,
   params,
@@ -168,6 +169,7 @@ def featurize(
   *,
   which: str,
   micro_batch: int,
+  num_scored: int | None = None,
   layout: sharding.Layout | None = None,
 ) -> features_lib.Features:
   """Projected, L2-normalised per-example gradients ``[n, out_dim]`` (LESS-style).
@@ -175,7 +177,9 @@ def featurize(
   The gradient is that of each example's answer-token cross-entropy with respect to
   ``diff`` (the subtree :func:`feature_params` chose by ``which``), at the current
   model. ``preconditioner`` is ``None`` (plain gradients) or an
-  :class:`~evoselect_jax.features.AdamPreconditioner`. With a ``layout``, the examples
+  :class:`~evoselect_jax.features.AdamPreconditioner`. ``num_scored`` (at least
+  :func:`~evoselect_jax.train.losses.num_scored` of ``encoded``) scores only the
+  positions that predict answer tokens; ``None`` scores all. With a ``layout``, the examples
   are split over its ``data`` axis and each device featurises its own
   (:func:`~evoselect_jax.sharding.map_rows`); the rows stay sharded.
   """
@@ -185,15 +189,23 @@ def featurize(
 
     def loss_fn(d, example):
       if which == "lora":
-        return losses.example_loss(config, params, d, example)
-      return losses.example_loss(config, params | d, lora, example)
+        return losses.example_loss(config, params, d, example, num_scored)
+      return losses.example_loss(config, params | d, lora, example, num_scored)
 
     if getattr(projector, "factored", False):  # from layer factors, no per-example gradients
       if preconditioner is not None:
         raise ValueError("The factored projector cannot apply the adam preconditioner")
       collection = "lora" if which == "lora" else "params"
       return features_lib.factored_features(
-        config, params, lora, diff, rows, projector, collection=collection, micro_batch=micro_batch
+        config,
+        params,
+        lora,
+        diff,
+        rows,
+        projector,
+        collection=collection,
+        micro_batch=micro_batch,
+        num_scored=num_scored,
       )
     return features_lib.per_example_features(
       loss_fn, diff, rows, projector, micro_batch=micro_batch, preconditioner=preconditioner
@@ -213,10 +225,14 @@ def _map_chunks(fn, encoded, micro_batch: int) -> jax.Array:
   return out.reshape(chunks * size, *out.shape[2:])[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
-def example_losses(config, params, lora, encoded, *, micro_batch: int) -> jax.Array:
-  """Per-example answer-token losses ``[n]`` under the current model."""
-  return _map_chunks(lambda b: _batch_losses(config, params, lora, b), encoded, micro_batch)
+@functools.partial(jax.jit, static_argnames=("config", "micro_batch", "num_scored"))
+def example_losses(
+  config, params, lora, encoded, *, micro_batch: int, num_scored: int | None = None
+) -> jax.Array:
+  """Per-example answer-token losses ``[n]`` under the current model (see :func:`featurize`)."""
+  return _map_chunks(
+    lambda b: losses.batch_losses(config, params, lora, b, num_scored), encoded, micro_batch
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "micro_batch"))
@@ -235,7 +251,16 @@ def example_embeddings(config, params, lora, encoded, *, micro_batch: int) -> ja
   return _map_chunks(embed, encoded, micro_batch)
 
 
-def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool, layout=None):
+def _features(
+  learner: Learner,
+  encoded,
+  projector,
+  cfg,
+  *,
+  candidates: bool,
+  num_scored: int | None = None,
+  layout=None,
+):
   """Features of ``encoded`` with the options in ``cfg`` (the config's ``features``).
 
   The ``adam`` preconditioner applies to candidates only (targets use plain
@@ -254,18 +279,14 @@ def _features(learner: Learner, encoded, projector, cfg, *, candidates: bool, la
     preconditioner,
     which=cfg.params,
     micro_batch=cfg.micro_batch,
+    num_scored=num_scored,
     layout=layout,
   )
   return out, ("adam" if use_adam else "sgd")
 
 
-def _batch_losses(config, params, lora, batch):
-  logits = llama.apply(config, params, lora, batch["tokens"], batch["attention_mask"])
-  return losses.token_losses(logits, batch["tokens"], batch["loss_mask"])
-
-
-def _batch_loss(config, params, lora, batch):
-  return _batch_losses(config, params, lora, batch).mean()
+def _batch_loss(config, params, num_scored, lora, batch):
+  return losses.batch_losses(config, params, lora, batch, num_scored).mean()
 
 
 def finetune_optimizer(cfg):
@@ -290,8 +311,9 @@ def finetune(
   With a ``layout``, each batch is split over its ``data`` axis (data parallel).
   """
   optimizer = finetune_optimizer(cfg)
+  num_scored = losses.num_scored(data["loss_mask"])
   out = optim.fit(
-    functools.partial(_batch_loss, learner.config, learner.params),
+    functools.partial(_batch_loss, learner.config, learner.params, num_scored),
     learner.lora,
     data,
     steps=cfg.steps,
@@ -344,7 +366,9 @@ class Selection:
     indices: ``int32[k]`` selected pool rows, in selection order.
     budget: ``k``: the config's budget, or fewer when fewer candidates were valid.
     valid: candidates that could be selected (in the pool, finite gradient).
-    ot: for selectors that solve OT, its diagnostics (see :func:`ot_diagnostics`);
+    ot: for selectors that solve OT, the report of the solve their picks start from
+      (GOT-D's one solve, EvoSelect's first sub-round; ``converged``, ``iterations``,
+      ``marginal_error`` = ``||P^T 1 - b||_1``, :class:`~evoselect_jax.ot.OTReport`);
       else ``None``.
   """
 
@@ -374,6 +398,8 @@ def featurize_round(
   """
   m = len(target["tokens"])
   encoded = pool.encoded
+  pool_scored = losses.num_scored(encoded["loss_mask"])
+  target_scored = losses.num_scored(target["loss_mask"])
   if layout is not None:
     if len(pool.mask) % layout.data_size:
       raise ValueError(
@@ -384,9 +410,23 @@ def featurize_round(
     encoded = sharding.put(encoded, rows)
     target = sharding.put(sharding.pad_rows(target, layout.data_size)[0], rows)
   cand, preconditioner = _features(
-    learner, encoded, projector, config.features, candidates=True, layout=layout
+    learner,
+    encoded,
+    projector,
+    config.features,
+    candidates=True,
+    num_scored=pool_scored,
+    layout=layout,
   )
-  targ, _ = _features(learner, target, projector, config.features, candidates=False, layout=layout)
+  targ, _ = _features(
+    learner,
+    target,
+    projector,
+    config.features,
+    candidates=False,
+    num_scored=target_scored,
+    layout=layout,
+  )
   cand, targ = sharding.to_host((cand, targ), layout)
   targ = jax.tree.map(lambda x: x[:m], targ)
   requires = getattr(selector, "requires", ())
@@ -394,7 +434,7 @@ def featurize_round(
   mb = config.features.micro_batch
   extras = {}
   if "losses" in requires:
-    extras["losses"] = example_losses(*model, pool.encoded, micro_batch=mb)
+    extras["losses"] = example_losses(*model, pool.encoded, micro_batch=mb, num_scored=pool_scored)
   if "candidate_embeddings" in requires or "target_embeddings" in requires:
     extras["candidate_embeddings"] = example_embeddings(*model, pool.encoded, micro_batch=mb)
     extras["target_embeddings"] = example_embeddings(*model, target, micro_batch=mb)
@@ -406,47 +446,6 @@ def featurize_round(
     {name: np.asarray(v) for name, v in extras.items()},
     preconditioner,
   )
-
-
-def selector_ot_config(selector) -> ot_lib.OTConfig | None:
-  """The OT options of a selector that solves OT (``evoselect``, ``gotd``, ...), else None.
-
-  Read off the selector's static options: an :class:`~evoselect_jax.ot.OTConfig`, or a
-  config with an ``ot`` field and OT ``alignment`` (EvoSelect's).
-  """
-  for value in getattr(selector, "options", {}).values():
-    if isinstance(value, ot_lib.OTConfig):
-      return value
-    inner = getattr(value, "ot", None)
-    if isinstance(inner, ot_lib.OTConfig) and getattr(value, "alignment", "ot") == "ot":
-      return inner
-  return None
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _ot_check(cfg, candidates, targets, mask):
-  b = jnp.ones((targets.shape[0],), jnp.float32)
-  out = ot_lib.solve(cfg, candidates, targets, mask.astype(jnp.float32), b)
-  return out.converged, out.iterations, out.marginal_error
-
-
-def ot_diagnostics(cfg: ot_lib.OTConfig, candidates, targets, mask) -> dict[str, Any]:
-  """Convergence of the OT problem a selector solves first: valid candidates to targets.
-
-  The problem of GOT-D's one solve and of EvoSelect's first sub-round (uniform
-  weights over the ``mask``-valid candidates and over the targets); EvoSelect's later
-  sub-rounds re-solve warm-started from it.
-
-  Returns:
-    ``converged`` (bool), ``iterations`` (int) and ``marginal_error`` (float),
-    ``||P^T 1 - b||_1``, the target-marginal error of the plan.
-  """
-  converged, iterations, error = _ot_check(cfg, candidates, targets, mask)
-  return {
-    "converged": bool(converged),
-    "iterations": int(iterations),
-    "marginal_error": float(error),
-  }
 
 
 def select_round(
@@ -501,10 +500,13 @@ def select_round(
       name: sharding.put(v, layout.sharding("targets" if name == "target_embeddings" else "rows"))
       for name, v in extras.items()
     }
-  idx = sharding.to_host(selector(candidates, targets, budget, key, mask=valid, **extras), layout)
+  if hasattr(selector, "select"):  # a CoreSelector: the indices and its OT report
+    out = selector.select(candidates, targets, budget, key, mask=valid, **extras)
+  else:  # any callable of the selector protocol
+    out = selector(candidates, targets, budget, key, mask=valid, **extras), None
+  idx, report = sharding.to_host(out, layout)
   distributed.check_agree("the selection", idx)
-  ot_cfg = selector_ot_config(selector)
-  ot = None if ot_cfg is None else ot_diagnostics(ot_cfg, candidates, targets, valid)
+  ot = None if report is None else report.to_dict()
   return Selection(np.asarray(idx, np.int32), budget, n_valid, ot)
 
 

@@ -460,9 +460,9 @@ def _nan_rows(tokens: np.ndarray) -> np.ndarray:
 def test_nan_gradients_are_excluded_counted_and_reported(tmp_path, monkeypatch):
   example_loss = losses.example_loss
 
-  def nan_loss(config, params, lora, example):  # NaN for the examples _nan_rows picks.
+  def nan_loss(config, params, lora, example, num=None):  # NaN for the rows _nan_rows picks.
     nan = jnp.where(jnp.sum(example["tokens"]) % NAN_EVERY == 0, jnp.nan, 1.0)
-    return example_loss(config, params, lora, example) * nan
+    return example_loss(config, params, lora, example, num) * nan
 
   monkeypatch.setattr(losses, "example_loss", nan_loss)
   loop.featurize.clear_cache()  # Trace again with the patched loss (and after: untraced).

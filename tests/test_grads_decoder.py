@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evoselect_jax import features, loop
-from evoselect_jax.features import per_example_grads
+from evoselect_jax.features import factored, per_example_grads
 from evoselect_jax.models import llama
 from evoselect_jax.train import losses
 
@@ -146,6 +146,8 @@ def test_factored_features_reject_other_projectors(model):
   kron = features.make_tree_projector("factored", lora, 8, jax.random.key(0))
   with pytest.raises(ValueError, match="collection"):
     features.factored_features(CONFIG, params, lora, lora, batch, kron, collection="adapters")
+  with pytest.raises(ValueError, match="No output gradient for layers_0/mlp/out: the decoder"):
+    factored.decoder_factors(CONFIG, params, lora, batch, outputs={("layers_0", "mlp", "out")})
 
 
 @pytest.mark.parametrize("which", ["lora", "last_k_layers", "all"])
@@ -157,7 +159,9 @@ def test_loop_featurize_with_factored_equals_kronecker(model, which):
   key = jax.random.key(5)
   fac = features.make_tree_projector("factored", diff, 16, key)
   kron = features.make_tree_projector("kronecker", diff, 16, key)
-  got, _ = loop._features(learner, batch, fac, cfg, candidates=True)
+  scored = losses.num_scored(batch["loss_mask"], multiple=1)  # factored: answers only
+  assert scored < batch["tokens"].shape[1] - 1
+  got, _ = loop._features(learner, batch, fac, cfg, candidates=True, num_scored=scored)
   want, _ = loop._features(learner, batch, kron, cfg, candidates=True)
   np.testing.assert_allclose(got.features, want.features, rtol=1e-4, atol=1e-5)
   if which == "lora":

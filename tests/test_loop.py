@@ -49,9 +49,10 @@ def test_featurize_equals_loop_of_grads_projected(setup, which):
   _, learner, encoded = setup
   diff = loop.feature_params(learner, which, last_k=1)
   projector = make_tree_projector("gaussian", diff, 16, jax.random.key(2))
-  out, used = loop._features(
-    learner, encoded, projector, _features_cfg(params=which), candidates=True
-  )
+  cfg = _features_cfg(params=which)
+  scored = losses.num_scored(encoded["loss_mask"])  # the answer positions only, as the loop
+  assert scored < encoded["tokens"].shape[1] - 1
+  out, used = loop._features(learner, encoded, projector, cfg, candidates=True, num_scored=scored)
   assert used == "sgd"
 
   def loss(d, i):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from evoselect_jax.models import PROJECTIONS, LlamaConfig, apply, init, params_to_hf
+from evoselect_jax.models.llama import Llama, init_cache, merge_lora
 
 apply_jit = jax.jit(apply, static_argnums=0)
 
@@ -94,7 +95,13 @@ def test_lora_equals_merged_weights(targets):
   params, lora = model(config)
   assert {n for layer in lora.values() for g in layer.values() for n in g} == set(targets)
   x = tokens((2, 6))
-  want = apply_jit(config, merge(config, params, lora), None, x)
+  merged = merge(config, params, lora)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    merge_lora(config, params, lora),
+    merged,
+  )
+  want = apply_jit(config, merged, None, x)
   got = apply_jit(config, params, lora, x)
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
   assert not np.allclose(got, apply_jit(config, params, None, x), atol=1e-3)
@@ -132,6 +139,24 @@ def test_padded_batch_equals_unpadded_rows(side):
   for i, row in enumerate(rows):
     single = apply_jit(CONFIG, params, lora, row[None])[0]
     np.testing.assert_allclose(batch[i][mask[i]], single, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_logits_at_equal_the_full_logits_there(side):
+  params, lora = model()
+  x = np.asarray(tokens((3, 9)))
+  mask = np.ones((3, 9), bool)
+  if side == "left":
+    mask[1, :3] = False
+  else:
+    mask[2, -4:] = False
+  at = np.array([[8, 0, 4, 4], [3, 7, 8, 5], [1, 2, 6, 0]], np.int32)  # any order, repeats
+  full = np.asarray(apply_jit(CONFIG, params, lora, x, mask))
+  got = jax.jit(apply, static_argnums=0)(CONFIG, params, lora, x, mask, at)
+  assert got.shape == (3, 4, CONFIG.vocab_size)
+  np.testing.assert_allclose(got, np.take_along_axis(full, at[..., None], 1), atol=2e-5)
+  with pytest.raises(ValueError, match="logits_at applies without a cache"):
+    Llama(CONFIG, use_lora=False).apply({"params": params}, x, mask, init_cache(CONFIG, 3, 16), at)
 
 
 def test_tied_equals_untied_with_transposed_embedding():

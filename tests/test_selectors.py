@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
+from evoselect_jax.ot import solve
 from evoselect_jax.registry import SELECTORS
 from evoselect_jax.selectors import EXTRAS, build_selector, diversity, tsds_probabilities
 
@@ -465,3 +466,30 @@ def test_evoselect_takes_every_valid_candidate_when_k_equals_valid():
   mask = jnp.arange(x.shape[0]) < 6
   idx = build_selector(dict(name="evoselect", sub_rounds=8))(x, y, 6, jax.random.key(0), mask=mask)
   assert sorted(np.asarray(idx).tolist()) == list(range(6))
+
+
+OT_SELECTORS = ("evoselect", "evoselect_no_diversity", "evoselect_no_interleave", "gotd")
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
+def test_select_reports_the_ot_solve_its_picks_start_from(name):
+  x, y, _ = planted_pool(seed=5)
+  n, m = x.shape[0], y.shape[0]
+  mask = jnp.arange(n) % 4 > 0
+  extras = random_extras(n, m)
+  select = build_selector({"name": name})
+  idx, report = select.select(x, y, K, jax.random.key(0), mask=mask, **extras)
+  np.testing.assert_array_equal(idx, select(x, y, K, jax.random.key(0), mask=mask, **extras))
+  if name not in OT_SELECTORS:
+    assert report is None
+    return
+  # GOT-D's one solve; EvoSelect's first sub-round: demand k/m per target, zero potentials
+  config, a = select.options["config"], mask.astype(jnp.float32)
+  if hasattr(config, "alignment"):  # an EvoSelectConfig, which holds the OTConfig
+    b, init = jnp.full((m,), K / m), (jnp.zeros((n,)), jnp.zeros((m,)))
+    sol = solve(config.ot, x, y, a, b, init if config.ot.solver.has_potentials else None)
+  else:
+    sol = solve(config, x, y, a, jnp.ones((m,)))
+  got, want = report.to_dict(), sol.report().to_dict()
+  assert (got["converged"], got["iterations"]) == (want["converged"], want["iterations"])
+  assert got["converged"] and got["marginal_error"] == pytest.approx(want["marginal_error"], 1e-3)

@@ -17,6 +17,7 @@ from evoselect_jax.train import (
   token_logprobs,
   token_losses,
 )
+from evoselect_jax.train.losses import batch_losses, num_scored
 
 CONFIG = LlamaConfig(
   vocab_size=29,
@@ -205,3 +206,36 @@ def test_fit_errors():
       key=jax.random.key(0),
       progress=False,
     )
+
+
+def test_num_scored_rounds_up_the_most_targets_and_caps_at_t_minus_1():
+  mask = np.zeros((3, 40), bool)
+  mask[0, 0] = True  # position 0 is never a target
+  mask[1, 30:33] = True
+  assert num_scored(mask) == 8 and num_scored(mask, multiple=1) == 3
+  mask[2, 1:] = True
+  assert num_scored(mask) == 39
+  assert num_scored(np.zeros((2, 5), bool)) == 1
+
+
+def test_scored_losses_and_gradients_equal_the_full_logits():
+  params, lora = init(CONFIG, jax.random.key(0))
+  lora = jax.tree.map(lambda x: np.asarray(x) + 0.1, lora)
+  data = tiny_data()
+  data["loss_mask"][1, 2:-3] = False  # rows with different numbers of targets
+  data["loss_mask"][2] = False  # and one without any
+  data = jax.tree.map(jnp.asarray, data)
+  num = num_scored(data["loss_mask"], multiple=1)
+  assert num < data["tokens"].shape[1] - 1
+
+  def total(params, lora, num):
+    return batch_losses(CONFIG, params, lora, data, num).sum()
+
+  full = jax.jit(batch_losses, static_argnums=(0, 4))(CONFIG, params, lora, data, None)
+  for n in (num, num + 2):  # the least and a padded count
+    got = jax.jit(batch_losses, static_argnums=(0, 4))(CONFIG, params, lora, data, n)
+    np.testing.assert_allclose(got, full, rtol=1e-6, atol=1e-7)
+  assert float(full[2]) == 0.0
+  want = jax.jit(jax.grad(total, argnums=(0, 1)), static_argnums=2)(params, lora, None)
+  got = jax.jit(jax.grad(total, argnums=(0, 1)), static_argnums=2)(params, lora, num)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got, want)

@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from evoselect_jax.features.grads import Features, _map_micro_batches, finish_features
 from evoselect_jax.features.projectors import KroneckerProjector, TreeProjector
@@ -46,38 +47,75 @@ COLLECTIONS = ("params", "lora")
 
 
 def decoder_factors(
-  config: llama.LlamaConfig, params: dict, lora: dict | None, batch: dict[str, jax.Array]
+  config: llama.LlamaConfig,
+  params: dict,
+  lora: dict | None,
+  batch: dict[str, jax.Array],
+  num_scored: int | None = None,
+  outputs: set[tuple[str, ...]] | None = None,
 ) -> tuple[dict, dict]:
   """Every layer's input and output gradient for a batch, by one forward and one backward.
+
+  With adapters and float32 compute, the forward runs the merged model
+  (:func:`~evoselect_jax.models.llama.merge_lora`): the same function, inputs and
+  output gradients, at one matmul per projection instead of three. (In bfloat16 the
+  small update ``s A B`` would be rounded away in ``W + s A B``.)
 
   Args:
     config: the architecture.
     params: the ``params`` collection.
     lora: the ``lora`` collection or ``None``.
     batch: ``tokens int32[b, t]``, ``attention_mask [b, t]``, ``loss_mask [b, t]``.
+    num_scored: ``None`` or the positions scored per row
+      (:func:`~evoselect_jax.train.losses.batch_losses`); then the last block's query
+      side, MLP and the head hold those positions only (the others get no gradient).
+    outputs: the perturbation paths (e.g. ``("layers_0", "self_attn", "q_proj", "out")``,
+      ``("head_out",)``) whose gradients are wanted; ``None``: all. The backward stops
+      where no wanted gradient needs it.
 
   Returns:
     ``(taps, deltas)``: the ``taps`` collection (inputs, each a 1-tuple of [b, t, ...])
     and the gradients of ``Σ_i loss_i`` with respect to the ``perturbations`` (output
-    gradients [b, t, ...]), both keyed by module path; see the decoder's taps.
+    gradients [b, t, ...]), both keyed by module path; see the decoder's taps. With
+    ``num_scored``, those of the last block's query side, MLP and head are
+    [b, num_scored, ...].
   """
+  if lora is not None and config.compute_dtype == jnp.float32:
+    params, lora = llama.merge_lora(config, params, lora), None
   model = llama.Llama(config, use_lora=lora is not None)
   variables = {"params": params} | ({"lora": lora} if lora is not None else {})
-  tokens, mask = batch["tokens"], batch["attention_mask"]
+  tokens, mask, loss_mask = batch["tokens"], batch["attention_mask"], batch["loss_mask"]
+  at = None if num_scored is None else losses.scored_positions(loss_mask, num_scored)
 
   def shapes():
-    return model.apply(variables, tokens, mask, mutable=["perturbations"])[1]["perturbations"]
+    _, state = model.apply(variables, tokens, mask, logits_at=at, mutable=["perturbations"])
+    return state["perturbations"]
 
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
-
-  def total_loss(perturbations):
-    logits, state = model.apply(
-      variables | {"perturbations": perturbations}, tokens, mask, mutable=[llama.TAPS]
+  zeros = traverse_util.flatten_dict(
+    jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
+  )
+  wanted = set(zeros) if outputs is None else set(outputs)
+  unknown = sorted(wanted - set(zeros))
+  if unknown:
+    raise ValueError(
+      f"No output gradient for {', '.join('/'.join(p) for p in unknown)}: the decoder "
+      "records the outputs of its projections and norms, embed_out and head_out (see "
+      "evoselect_jax.models.llama)"
     )
-    return losses.token_losses(logits, tokens, batch["loss_mask"]).sum(), state[llama.TAPS]
 
-  deltas, taps = jax.grad(total_loss, has_aux=True)(zeros)
-  return taps, deltas
+  def total_loss(diffed):
+    perturbations = traverse_util.unflatten_dict(zeros | diffed)
+    logits, state = model.apply(
+      variables | {"perturbations": perturbations},
+      tokens,
+      mask,
+      logits_at=at,
+      mutable=[llama.TAPS],
+    )
+    return losses.scored_losses(logits, tokens, loss_mask, at).sum(), state[llama.TAPS]
+
+  deltas, taps = jax.grad(total_loss, has_aux=True)({p: zeros[p] for p in wanted})
+  return taps, traverse_util.unflatten_dict(deltas)
 
 
 def _at(tree: dict, path: tuple[str, ...]) -> Any:
@@ -90,6 +128,17 @@ def _outer(ul: jax.Array, vr: jax.Array) -> jax.Array:
   """``Σ_t ul_tᵀ vr_t`` per example, flattened: [n, t, r_a], [n, t, r_b] -> [n, r_a·r_b]."""
   n = ul.shape[0]
   return jnp.einsum("ntr,nts->nrs", ul, vr).reshape(n, -1)
+
+
+def _leaf_outputs(
+  path: tuple[str, ...], collection: str, config: llama.LlamaConfig
+) -> set[tuple[str, ...]]:
+  """The perturbations whose gradients :func:`_leaf_projection` reads for ``path``."""
+  if collection == "params" and path == ("embed_tokens", "embedding"):
+    return {("embed_out",), ("head_out",)} if config.tie_word_embeddings else {("embed_out",)}
+  if collection == "params" and path == ("lm_head",):
+    return {("head_out",)}
+  return {(*path[:-1], "out")}
 
 
 def _leaf_projection(
@@ -115,13 +164,7 @@ def _leaf_projection(
     return out
   if collection == "params" and path == ("lm_head",):
     return proj.project_factors(taps["head_in"][0], deltas["head_out"])
-  try:
-    x, delta = _at(taps, module)["in"][0], _at(deltas, module)["out"]
-  except (KeyError, TypeError):
-    raise ValueError(
-      f"No factors for {collection} leaf {'/'.join(path)}: the factored path covers the "
-      "decoder's projections, norms, embedding and head (see evoselect_jax.models.llama)"
-    ) from None
+  x, delta = _at(taps, module)["in"][0], _at(deltas, module)["out"]
   if collection == "params" and name == "kernel":
     return proj.project_factors(x, delta)
   if collection == "params" and name == "bias":
@@ -167,6 +210,7 @@ def factored_features(
   collection: str,
   micro_batch: int = 64,
   normalize: bool = True,
+  num_scored: int | None = None,
 ) -> Features:
   """Kronecker-projected per-example gradients of the decoder, from layer factors.
 
@@ -185,6 +229,9 @@ def factored_features(
     collection: ``params`` or ``lora``, which collection ``diff`` comes from.
     micro_batch: examples per batched forward and backward.
     normalize: L2-normalise each row; zero rows stay zero.
+    num_scored: ``None`` (logits everywhere) or at least
+      :func:`~evoselect_jax.train.losses.num_scored` of the batch: only the positions
+      that predict targets are scored (:func:`decoder_factors`).
 
   Returns:
     :class:`~evoselect_jax.features.Features` [n, out_dim]; rows whose projection is
@@ -196,9 +243,10 @@ def factored_features(
     raise ValueError("collection='lora' needs the lora collection")
   check_factored_projector(projector, diff)
   paths = [tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(diff)[0]]
+  outputs = set().union(*(_leaf_outputs(path, collection, config) for path in paths))
 
   def featurize(examples):
-    taps, deltas = decoder_factors(config, params, lora, examples)
+    taps, deltas = decoder_factors(config, params, lora, examples, num_scored, outputs)
     z = None
     for path, proj in zip(paths, projector.projectors, strict=True):
       part = _leaf_projection(

@@ -314,6 +314,12 @@ class Projection(nn.Module):
     return _tap(self, x, y)
 
 
+def gather_positions(x: jax.Array, index: jax.Array) -> jax.Array:
+  """``x [b, t, ...]`` at ``index int32[b, q]`` along axis 1: ``[b, q, ...]``."""
+  index = index.reshape(*index.shape, *([1] * (x.ndim - 2)))
+  return jnp.take_along_axis(x, index, axis=1)
+
+
 def rotate_half(x: jax.Array) -> jax.Array:
   """``[x1, x2] -> [-x2, x1]`` over the last axis (the HF RoPE layout)."""
   x1, x2 = jnp.split(x, 2, axis=-1)
@@ -346,7 +352,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    cache: KVCache | None = None,
+    queries_at: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Attends from ``x`` to itself, or to everything in ``cache`` once ``x`` is written there.
 
@@ -357,9 +368,12 @@ class Attention(nn.Module):
         ``s = T``, the cache's slots.
       cache: ``None``, or a cache whose slots ``[length, length + t)`` receive this
         chunk's keys and values (``length`` itself is advanced by the caller).
+      queries_at: ``None`` (every position queries), or int32[b, q] indices into ``t``:
+        only those positions query (keys and values still come from all ``t``), and
+        the outputs are theirs, [b, q, d].
 
     Returns:
-      ``([b, t, d] outputs, the cache with this layer's new keys and values)``.
+      ``([b, t or q, d] outputs, the cache with this layer's new keys and values)``.
     """
     c = self.config
     b, t, _ = x.shape
@@ -369,12 +383,17 @@ class Attention(nn.Module):
       lora = self.use_lora and name in c.lora_targets
       return Projection(features, bias, lora, c, name=name)
 
-    q = proj("q_proj", c.num_heads * hd, c.attention_bias)(x).reshape(b, t, c.num_heads, hd)
+    xq, q_positions = x, positions
+    if queries_at is not None:
+      xq, q_positions = gather_positions(x, queries_at), gather_positions(positions, queries_at)
+      mask = gather_positions(mask, queries_at)
+    tq = xq.shape[1]
+    q = proj("q_proj", c.num_heads * hd, c.attention_bias)(xq).reshape(b, tq, c.num_heads, hd)
     k = proj("k_proj", kv * hd, c.attention_bias)(x).reshape(b, t, kv, hd)
     v = proj("v_proj", kv * hd, c.attention_bias)(x).reshape(b, t, kv, hd)
     inv_freq = c.rope_inv_freq()
-    q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
-    q = q.reshape(b, t, kv, groups, hd)  # head h = kv_head * groups + g, as HF repeat_kv.
+    q, k = rope(q, q_positions, inv_freq), rope(k, positions, inv_freq)
+    q = q.reshape(b, tq, kv, groups, hd)  # head h = kv_head * groups + g, as HF repeat_kv.
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kv, t, hd], the cache layout
     if cache is not None:
       # Writes only the new slots, so a decoding loop updates the cache in place.
@@ -387,7 +406,7 @@ class Attention(nn.Module):
     scores = scores / math.sqrt(hd)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bkgqs,bksd->bqkgd", probs, v).reshape(b, t, c.num_heads * hd)
+    out = jnp.einsum("bkgqs,bksd->bqkgd", probs, v).reshape(b, tq, c.num_heads * hd)
     return proj("o_proj", c.hidden_size, False)(out), cache
 
 
@@ -424,14 +443,19 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache | None = None
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    cache: KVCache | None = None,
+    queries_at: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
-    """``x [b, t, d]`` -> ``([b, t, d], cache)``; see :meth:`Attention.__call__`."""
+    """``x [b, t, d]`` -> ``([b, t or q, d], cache)``; see :meth:`Attention.__call__`."""
     c = self.config
     norm = lambda name: RMSNorm(c.rms_norm_eps, c.compute_dtype, name=name)
     attn = Attention(c, self.use_lora, self.layer, name="self_attn")
-    h, cache = attn(norm("input_layernorm")(x), positions, mask, cache)
-    x = x + h
+    h, cache = attn(norm("input_layernorm")(x), positions, mask, cache, queries_at)
+    x = (x if queries_at is None else gather_positions(x, queries_at)) + h
     return x + MLP(c, self.use_lora, name="mlp")(norm("post_attention_layernorm")(x)), cache
 
 
@@ -447,8 +471,9 @@ class Llama(nn.Module):
     tokens: jax.Array,
     attention_mask: jax.Array | None = None,
     cache: KVCache | None = None,
+    logits_at: jax.Array | None = None,
   ) -> jax.Array | tuple[jax.Array, KVCache]:
-    """Next-token logits, of the whole chunk or (with a cache) of its last position.
+    """Next-token logits, of the whole chunk, at some positions, or (with a cache) the last.
 
     Args:
       tokens: int32[b, t] token ids.
@@ -459,16 +484,23 @@ class Llama(nn.Module):
       cache: ``None``, or a :class:`KVCache` holding the earlier tokens of each row; the
         chunk continues them (positions go on from the cache's real tokens) and is
         written to slots ``[length, length + t)``, which must fit in the cache.
+      logits_at: ``None``, or int32[b, s] positions (no cache): only their logits are
+        computed, [b, s, V]. The last block then attends from and runs its MLP on those
+        positions only, and the head reads only them: a loss on a few answer tokens
+        costs the head ``s / t`` of the full logits.
 
     Returns:
-      Without a cache, float32[b, t, V] logits; position i scores token i + 1. With a
-      cache, ``(float32[b, V] logits of the chunk's last position, the updated cache)``.
+      Without a cache, float32[b, t, V] logits (position i scores token i + 1), or
+      [b, s, V] at ``logits_at``. With a cache, ``(float32[b, V] logits of the chunk's
+      last position, the updated cache)``.
     """
     c = self.config
     if attention_mask is None:
       attention_mask = jnp.ones(tokens.shape, bool)
     attention_mask = attention_mask.astype(bool)
     t = tokens.shape[1]
+    if cache is not None and logits_at is not None:
+      raise ValueError("logits_at applies without a cache (decoding scores the last position)")
     if cache is None:
       positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
       causal = jnp.tril(jnp.ones((t, t), bool))
@@ -488,7 +520,9 @@ class Llama(nn.Module):
     )
     x = self.perturb("embed_out", embed(tokens).astype(c.compute_dtype))
     for i in range(c.num_layers):
-      x, cache = DecoderLayer(c, self.use_lora, i, name=f"layers_{i}")(x, positions, mask, cache)
+      queries_at = logits_at if i == c.num_layers - 1 else None
+      layer = DecoderLayer(c, self.use_lora, i, name=f"layers_{i}")
+      x, cache = layer(x, positions, mask, cache, queries_at)
     if cache is not None:
       x = x[:, -1]  # Decoding needs the last position only; skips [b, t, V] logits.
     x = RMSNorm(c.rms_norm_eps, c.compute_dtype, name="norm")(x)
@@ -528,12 +562,30 @@ def _init(config: LlamaConfig, seq_len: int, key: jax.Array) -> dict:
   return Llama(config, use_lora=True).init(key, jnp.zeros((1, seq_len), jnp.int32))
 
 
+def merge_lora(config: LlamaConfig, params: dict, lora: dict) -> dict:
+  """``params`` with every adapter folded into its kernel: ``W + (alpha / r) A B``.
+
+  The merged model without adapters computes the adapted one's function (up to float
+  rounding) with one matmul per projection instead of three.
+  """
+  scale = config.lora_alpha / config.lora_rank
+
+  def merge(params: dict, lora: dict) -> dict:
+    if "lora_a" in lora:
+      kernel = params["kernel"] + scale * lora["lora_a"] @ lora["lora_b"]
+      return params | {"kernel": kernel}
+    return params | {k: merge(params[k], v) for k, v in lora.items()}
+
+  return merge(params, lora)
+
+
 def apply(
   config: LlamaConfig,
   params: dict,
   lora: dict | None,
   tokens: jax.Array,
   attention_mask: jax.Array | None = None,
+  logits_at: jax.Array | None = None,
 ) -> jax.Array:
   """Logits ``float32[b, t, V]`` for ``tokens int32[b, t]``; pure and jit-friendly.
 
@@ -543,9 +595,11 @@ def apply(
     lora: the ``lora`` collection, or ``None`` for the base model without adapters.
     tokens: int32[b, t].
     attention_mask: bool[b, t] or ``None``; see :meth:`Llama.__call__`.
+    logits_at: ``None``, or int32[b, s]: the logits at those positions only, [b, s, V].
   """
   variables = {"params": params} if lora is None else {"params": params, "lora": lora}
-  return Llama(config, use_lora=lora is not None).apply(variables, tokens, attention_mask)
+  model = Llama(config, use_lora=lora is not None)
+  return model.apply(variables, tokens, attention_mask, logits_at=logits_at)
 
 
 def apply_with_cache(

@@ -144,6 +144,29 @@ def _map_rows(fn: Callable[..., jax.Array], xs: Any, batch_size: int | None) -> 
 
 
 @struct.dataclass
+class OTReport:
+  """How an OT solve went, for the round's metrics (``ot`` in ``metrics.jsonl``).
+
+  Attributes:
+    converged: bool scalar, the solver reached its threshold.
+    iterations: int scalar, solver iterations run.
+    marginal_error: ``||P^T 1 - b||_1``, the target-marginal error of the plan.
+  """
+
+  converged: jax.Array
+  iterations: jax.Array
+  marginal_error: jax.Array
+
+  def to_dict(self) -> dict[str, bool | int | float]:
+    """The report as plain Python values (on the host)."""
+    return {
+      "converged": bool(self.converged),
+      "iterations": int(self.iterations),
+      "marginal_error": float(self.marginal_error),
+    }
+
+
+@struct.dataclass
 class OTRelevance:
   """Relevance per candidate and the OT solution it was read from.
 
@@ -180,6 +203,14 @@ class OTRelevance:
   def iterations(self) -> jax.Array:
     """Int scalar, solver iterations run."""
     return self.solution.iterations
+
+  def report(self) -> OTReport:
+    """The :class:`OTReport` of this solve."""
+    return OTReport(
+      jnp.asarray(self.converged, bool),
+      jnp.asarray(self.iterations, jnp.int32),
+      jnp.asarray(self.marginal_error, jnp.float32),
+    )
 
   @property
   def kernel(self) -> jax.Array:

@@ -20,7 +20,9 @@ Every selector is a :class:`CoreSelector` built by :func:`make_selector`: the ea
 checks (shapes, ``k`` against the concrete mask, required extras) and then one jitted
 core with ``k`` and the options static, so pools padded to one shape never recompile.
 A core has the signature ``core(candidates, targets, mask, key, *, k, **options,
-**required_extras) -> int32[k]``.
+**required_extras) -> int32[k]``; a core that solves OT returns ``(int32[k],
+OTReport)`` instead, the report of the solve its picks start from, which
+:meth:`CoreSelector.select` hands on (the harness records it in the round's metrics).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evoselect_jax.ot import OTReport
 from evoselect_jax.registry import SELECTORS
 
 EXTRAS = ("losses", "candidate_embeddings", "target_embeddings")
@@ -149,7 +152,8 @@ class CoreSelector:
   Attributes:
     name: the registered name, for error messages.
     core: ``core(candidates, targets, mask, key, *, k, **options, **required_extras)
-      -> int32[k]``, jitted with ``k`` and the options static.
+      -> int32[k]`` or ``(int32[k], OTReport)``, jitted with ``k`` and the options
+      static.
     requires: names of the extras the core takes (see :data:`EXTRAS`).
     options: the core's static keyword options (hashable values).
     whole_pool: the selector takes every valid candidate (``all``): the harness
@@ -173,9 +177,23 @@ class CoreSelector:
     **extras: Any,
   ) -> jax.Array:
     """Returns int32 [k] distinct indices of valid candidates (see the module doc)."""
+    return self.select(candidates, targets, k, key, mask=mask, **extras)[0]
+
+  def select(
+    self,
+    candidates: jax.Array,
+    targets: jax.Array,
+    k: int,
+    key: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    **extras: Any,
+  ) -> tuple[jax.Array, OTReport | None]:
+    """``(int32 [k] indices, the OTReport of its OT solve or None)``; see ``__call__``."""
     mask = check_inputs(candidates, targets, k, mask)
     required = check_extras(self.name, self.requires, extras, mask, targets.shape[0])
-    return self.core(candidates, targets, mask, key, k=int(k), **self.options, **required)
+    out = self.core(candidates, targets, mask, key, k=int(k), **self.options, **required)
+    return out if isinstance(out, tuple) else (out, None)
 
 
 def make_selector(

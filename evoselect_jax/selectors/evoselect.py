@@ -62,7 +62,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from evoselect_jax.ot import OTConfig, make_ot_config, solve
+from evoselect_jax.ot import OTConfig, OTReport, make_ot_config, solve
 from evoselect_jax.registry import SELECTORS
 from evoselect_jax.selectors.base import Selector, make_selector
 from evoselect_jax.selectors.diversity import min_max, unit_rows
@@ -89,24 +89,25 @@ def _align(
   available: jax.Array,
   unmet: jax.Array,
   init: tuple[jax.Array, jax.Array],
-) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
-  """Assignments A [n, m], relevance [n] and potentials for the current sub-round.
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array], OTReport | None]:
+  """Assignments A [n, m], relevance [n], potentials and OT report of the sub-round.
 
   ``sim`` [n, m] holds the candidate-target cosines; ``unmet`` [m] the target weights;
-  ``init`` the previous potentials (a solver without potentials starts afresh).
+  ``init`` the previous potentials (a solver without potentials starts afresh). The
+  report is ``None`` for cosine alignment.
   """
   a = available.astype(jnp.float32)
   if config.alignment == "ot":
     if not config.ot.solver.has_potentials:
       sol = solve(config.ot, candidates, targets, a, unmet)
-      return sol.plan_rows(normalize=True), sol.relevance, init
+      return sol.plan_rows(normalize=True), sol.relevance, init, sol.report()
     sol = solve(config.ot, candidates, targets, a, unmet, init)
-    return sol.plan_rows(normalize=True), sol.relevance, (sol.f, sol.g)
+    return sol.plan_rows(normalize=True), sol.relevance, (sol.f, sol.g), sol.report()
   cost = 1.0 - sim
   scale = a @ cost @ unmet / (jnp.sum(a) * jnp.sum(unmet))
   epsilon = config.ot.epsilon * jnp.where(scale > 0, scale, 1.0)
   assign = jax.nn.softmax(jnp.log(unmet) - cost / epsilon, axis=1)
-  return assign, jnp.max(sim, axis=1), init
+  return assign, jnp.max(sim, axis=1), init, None
 
 
 @functools.partial(jax.jit, static_argnames=("config", "k"))
@@ -118,7 +119,7 @@ def _evoselect(
   *,
   k: int,
   config: EvoSelectConfig,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, OTReport]:
   del key
   n, m = candidates.shape[0], targets.shape[0]
   u = unit_rows(candidates)
@@ -129,9 +130,13 @@ def _evoselect(
   rounds = -(-k // chunk)  # fewer than sub_rounds when k < sub_rounds
 
   def sub_round(r: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    picked, available, received, max_sim, f, g = state
+    picked, available, received, max_sim, f, g, report = state
     unmet = jnp.maximum(demand - received, 0.0)
-    assign, relevance, (f, g) = _align(config, candidates, targets, sim, available, unmet, (f, g))
+    assign, relevance, (f, g), solved = _align(
+      config, candidates, targets, sim, available, unmet, (f, g)
+    )
+    if solved is not None:  # the report of the first solve (uniform target weights)
+      report = jax.tree.map(lambda new, old: jnp.where(r == 0, new, old), solved, report)
     relevance = min_max(relevance, available)
 
     def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -152,7 +157,7 @@ def _evoselect(
       return picked, available, received, max_sim
 
     inner = jax.lax.fori_loop(0, chunk, pick, (picked, available, received, max_sim))
-    return (*inner, f, g)
+    return (*inner, f, g, report)
 
   init = (
     jnp.full((k,), -1, jnp.int32),
@@ -161,8 +166,10 @@ def _evoselect(
     jnp.full((n,), -jnp.inf, jnp.float32),
     jnp.zeros((n,), jnp.float32),
     jnp.zeros((m,), jnp.float32),
+    OTReport(jnp.array(False), jnp.array(0, jnp.int32), jnp.array(0.0, jnp.float32)),
   )
-  return jax.lax.fori_loop(0, rounds, sub_round, init)[0]
+  out = jax.lax.fori_loop(0, rounds, sub_round, init)
+  return (out[0], out[-1]) if config.alignment == "ot" else out[0]
 
 
 def _factory(

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from evoselect_jax.ot import OTConfig, make_ot_config, solve
+from evoselect_jax.ot import OTConfig, OTReport, make_ot_config, solve
 from evoselect_jax.registry import SELECTORS
 from evoselect_jax.selectors.base import Selector, make_selector
 from evoselect_jax.selectors.diversity import min_max, mmr
@@ -35,11 +35,11 @@ def _evoselect_no_interleave(
   k: int,
   config: OTConfig,
   lam: float,
-) -> jax.Array:
+) -> tuple[jax.Array, OTReport]:
   del key
   b = jnp.ones((targets.shape[0],), jnp.float32)
-  relevance = solve(config, candidates, targets, mask.astype(jnp.float32), b).relevance
-  return mmr(min_max(relevance, mask), candidates, k, lam, mask)
+  sol = solve(config, candidates, targets, mask.astype(jnp.float32), b)
+  return mmr(min_max(sol.relevance, mask), candidates, k, lam, mask), sol.report()
 
 
 @SELECTORS.register("evoselect_no_interleave")

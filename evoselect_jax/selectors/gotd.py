@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from evoselect_jax.ot import OTConfig, make_ot_config, solve
+from evoselect_jax.ot import OTConfig, OTReport, make_ot_config, solve
 from evoselect_jax.registry import SELECTORS
 from evoselect_jax.selectors.base import Selector, make_selector
 
@@ -28,11 +28,11 @@ def _gotd(
   *,
   k: int,
   config: OTConfig,
-) -> jax.Array:
+) -> tuple[jax.Array, OTReport]:
   del key
   b = jnp.ones((targets.shape[0],), jnp.float32)
-  relevance = solve(config, candidates, targets, mask.astype(jnp.float32), b).relevance
-  return jax.lax.top_k(relevance, k)[1].astype(jnp.int32)
+  sol = solve(config, candidates, targets, mask.astype(jnp.float32), b)
+  return jax.lax.top_k(sol.relevance, k)[1].astype(jnp.int32), sol.report()
 
 
 @SELECTORS.register("gotd")
