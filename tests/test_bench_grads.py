@@ -6,6 +6,7 @@ the same weights, projected with the same matrices), and every projector against
 with its explicit dense matrix.
 """
 
+import ml_collections
 import pytest
 
 from configs import bench_selection
@@ -72,3 +73,21 @@ def test_projection_stage_equals_dense_numpy(config):
   assert summary["best_projector_fraction_of_copy"] == pytest.approx(
     summary["best_projector_gbps"] / HW["copy_gbps"]
   )
+
+
+def test_peer_thread_counts_resolve_every_core_and_keep_the_fastest(monkeypatch):
+  import torch
+
+  monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # "every core" on this machine
+  assert grads.thread_counts(ml_collections.ConfigDict({"torch_threads": (1, None, 2)})) == [1, 2]
+  gpu = bench_selection.get_config("size=gpu").grads
+  assert gpu.torch_device == "cuda" and grads.thread_counts(gpu) == [2]
+  times = {
+    "ours_vmap": {"median_s": 1.0},
+    "less@1": {"median_s": 3.0, "result": "one"},
+    "less@2": {"median_s": 2.0, "result": "two"},
+  }
+  out = grads.fastest_peers(times)
+  assert out["ours_vmap"] == {"median_s": 1.0} and set(out) == {"ours_vmap", "less"}
+  assert out["less"]["result"] == "two" and out["less"]["torch_threads"] == 2
+  assert out["less"]["median_s_by_threads"] == {"1": 3.0, "2": 2.0}

@@ -341,35 +341,13 @@ class Completion:
   num_tokens: int
 
 
-def generate(
-  checkpoint: Checkpoint,
-  prompts: list[str],
-  *,
-  max_new_tokens: int,
-  temperature: float = 0.0,
-  top_p: float = 1.0,
-  top_k: int = 0,
-  stop: Sequence[str] = (),
-  seed: int = 0,
-  lora: dict | None = None,
-  batch_size: int = 8,
-  stop_check_every: int = 16,
-) -> list[str]:
-  """The text of each prompt's continuation: :func:`generate_completions`' texts."""
-  completions = generate_completions(
-    checkpoint,
-    prompts,
-    max_new_tokens=max_new_tokens,
-    temperature=temperature,
-    top_p=top_p,
-    top_k=top_k,
-    stop=stop,
-    seed=seed,
-    lora=lora,
-    batch_size=batch_size,
-    stop_check_every=stop_check_every,
-  )
-  return [c.text for c in completions]
+def generate(checkpoint: Checkpoint, prompts: list[str], **options: Any) -> list[str]:
+  """The text of each prompt's continuation: :func:`generate_completions`' texts.
+
+  ``options`` are :func:`generate_completions`' keyword arguments (``max_new_tokens``,
+  ``temperature``, ``stop``, ...).
+  """
+  return [c.text for c in generate_completions(checkpoint, prompts, **options)]
 
 
 def generate_completions(
