@@ -9,6 +9,7 @@ import pytest
 
 from configs.bench_selection import get_config
 from experiments.selection_bench import diversity as diversity_stage
+from experiments.selection_bench import end_to_end as end_to_end_stage
 from experiments.selection_bench import ot as ot_stage
 
 
@@ -105,3 +106,11 @@ def test_numpy_greedies_match_the_brute_force_definition():
     candidates = [i for i in range(23) if mask[i] and i not in chosen]
     chosen.append(max(candidates, key=coverage))
   assert diversity_stage.numpy_facility_location(feats, targets, 6, mask).tolist() == chosen
+
+
+def test_end_to_end_stage_selects_the_budget_deterministically(smoke):
+  # The stage itself raises unless a second call repeats the picks, all distinct.
+  out = end_to_end_stage.run(smoke.end_to_end, {}, seed=0, repeats=0)
+  (row,) = out["rows"]
+  assert (row["n"], row["m"], row["k"]) == (61, 7, 8)
+  assert row["total_s"] > 0 and out["summary"]["end_to_end_s_61"] == row["total_s"]

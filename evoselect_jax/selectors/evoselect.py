@@ -48,9 +48,18 @@ picks can be weakly related points.
 With ``sub_rounds=1``, ``demand_weight=0`` and ``redundancy=0`` this is top-k by OT
 relevance (GOT-D, Just et al. 2023, for ``ot.score="potential"``).
 
-Memory: the [n, m] assignment matrix; time O(k n m) for the demand terms plus
-``sub_rounds`` OT solves. The whole selection is one jitted program (``k`` and the
-options static).
+Lazy greedy (Minoux 1978): within a sub-round every candidate's score can only fall
+(unmet demand shrinks, the redundancy penalty grows, relevance is fixed), so a score
+computed earlier bounds it. Each pick re-scores only the ``lazy_block`` candidates of
+highest bound; when the best of them beats the next bound it is the exact argmax (ties
+to the lowest index, as a full pass), else every candidate is re-scored. The max cosine
+to the selected set is brought up to date for every candidate once per 32 picks and
+for the re-scored ones at each pick. The picks equal re-scoring everything at every
+pick (``lazy_block=0``; up to float rounding in near-ties).
+
+Memory: the [n, m] assignment matrix; time per pick O(lazy_block m) when the bound
+holds, O(n m) when it does not, plus ``sub_rounds`` OT solves. The whole selection is
+one jitted program (``k`` and the options static).
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ class EvoSelectConfig:
   relevance_weight: float
   redundancy: float
   bandwidth: float
+  lazy_block: int = 64
 
 
 def _align(
@@ -110,6 +120,9 @@ def _align(
   return assign, jnp.max(sim, axis=1), init, None
 
 
+_BUFFER = 32  # picks whose unit rows wait before max_sim of every candidate is updated
+
+
 @functools.partial(jax.jit, static_argnames=("config", "k"))
 def _evoselect(
   candidates: jax.Array,
@@ -128,6 +141,13 @@ def _evoselect(
   demand = jnp.full((m,), k / m, jnp.float32)
   chunk = -(-k // config.sub_rounds)
   rounds = -(-k // chunk)  # fewer than sub_rounds when k < sub_rounds
+  block = config.lazy_block if n > config.lazy_block else 0
+
+  def max_sim_of(rows, base, buffer, filled):
+    """The max cosine to the selected of candidates ``rows`` (None: all), base and buffer."""
+    ur, br = (u, base) if rows is None else (u[rows], base[rows])
+    recent = jnp.where(jnp.arange(_BUFFER) < filled, ur @ buffer.T, -jnp.inf)
+    return jnp.maximum(br, recent.max(axis=1))
 
   def sub_round(r: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     picked, available, received, max_sim, f, g, report = state
@@ -139,25 +159,62 @@ def _evoselect(
       report = jax.tree.map(lambda new, old: jnp.where(r == 0, new, old), solved, report)
     relevance = min_max(relevance, available)
 
-    def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-      picked, available, received, max_sim = inner
-      t = r * chunk + s
-      unmet = jnp.maximum(demand - received, 0.0)
+    def scores(rows, unmet, max_sim, available):
+      """The greedy score of candidates ``rows`` (None: all); -inf where unavailable."""
+      a, v, rel = (
+        (assign, value, relevance) if rows is None else (assign[rows], value[rows], relevance[rows])
+      )
       score = (
-        config.demand_weight * jnp.sum(jnp.minimum(assign, unmet) * value, axis=1)
-        + config.relevance_weight * relevance
+        config.demand_weight * jnp.sum(jnp.minimum(a, unmet) * v, axis=1)
+        + config.relevance_weight * rel
         - config.redundancy * jnp.exp((max_sim - 1.0) / config.bandwidth)
       )
-      i = jnp.argmax(jnp.where(available, score, -jnp.inf)).astype(jnp.int32)
+      return jnp.where(available if rows is None else available[rows], score, -jnp.inf)
+
+    def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+      picked, available, received, max_sim, buffer, filled, bound = inner
+      t = r * chunk + s
+      unmet = jnp.maximum(demand - received, 0.0)
+
+      def rescore_all(_):
+        score = scores(None, unmet, max_sim_of(None, max_sim, buffer, filled), available)
+        return jnp.argmax(score).astype(jnp.int32), score
+
+      if block:  # lazy: scores only fall within a sub-round, so old ones bound new ones
+        top, rows = jax.lax.top_k(bound, block + 1)
+        rows, threshold = rows[:block], top[block]
+        exact = scores(rows, unmet, max_sim_of(rows, max_sim, buffer, filled), available)
+        best = exact.max()
+
+        def from_block(_):  # every other candidate's bound is at most threshold < best
+          i = jnp.min(jnp.where(exact == best, rows, n)).astype(jnp.int32)  # argmax's tie rule
+          return i, bound.at[rows].set(exact)
+
+        i, bound = jax.lax.cond(best > threshold, from_block, rescore_all, None)
+      else:
+        i, bound = rescore_all(None)
       take = t < k
       picked = picked.at[t].set(i, mode="drop")
       available = available.at[i].set(available[i] & ~take)
+      bound = bound.at[i].set(jnp.where(take, -jnp.inf, bound[i]))
       received = received + jnp.where(take, assign[i], 0.0)
-      max_sim = jnp.where(take, jnp.maximum(max_sim, u @ u[i]), max_sim)
-      return picked, available, received, max_sim
+      buffer = buffer.at[filled].set(u[i])  # ignored (beyond filled) unless take
+      filled = filled + take.astype(jnp.int32)
+      max_sim, filled = jax.lax.cond(
+        filled == _BUFFER,
+        lambda: (max_sim_of(None, max_sim, buffer, filled), jnp.int32(0)),
+        lambda: (max_sim, filled),
+      )
+      return picked, available, received, max_sim, buffer, filled, bound
 
-    inner = jax.lax.fori_loop(0, chunk, pick, (picked, available, received, max_sim))
-    return (*inner, f, g, report)
+    buffer, filled = jnp.zeros((_BUFFER, u.shape[1]), u.dtype), jnp.int32(0)
+    bound = scores(None, unmet, max_sim, available)
+    inner = (picked, available, received, max_sim, buffer, filled, bound)
+    picked, available, received, max_sim, buffer, filled, _ = jax.lax.fori_loop(
+      0, chunk, pick, inner
+    )
+    max_sim = max_sim_of(None, max_sim, buffer, filled)
+    return picked, available, received, max_sim, f, g, report
 
   init = (
     jnp.full((k,), -1, jnp.int32),
@@ -181,6 +238,7 @@ def _factory(
   relevance_weight: float,
   redundancy: float,
   bandwidth: float,
+  lazy_block: int = 64,
 ) -> Selector:
   if not isinstance(sub_rounds, int) or sub_rounds < 1:
     raise ValueError(f"{name} sub_rounds must be a positive int, got {sub_rounds!r}")
@@ -193,6 +251,8 @@ def _factory(
       raise ValueError(f"{name} {option} must be nonnegative, got {value!r}")
   if not bandwidth > 0:
     raise ValueError(f"{name} bandwidth must be positive, got {bandwidth!r}")
+  if not isinstance(lazy_block, int) or lazy_block < 0:
+    raise ValueError(f"{name} lazy_block must be an int >= 0, got {lazy_block!r}")
   config = EvoSelectConfig(
     make_ot_config(**(ot or {})),
     alignment,
@@ -201,6 +261,7 @@ def _factory(
     float(relevance_weight),
     float(redundancy),
     float(bandwidth),
+    lazy_block,
   )
   return make_selector(name, _evoselect, config=config)
 
@@ -213,6 +274,7 @@ def evoselect(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
+  lazy_block: int = 64,
 ) -> Selector:
   """Builds EvoSelect (see the module docstring).
 
@@ -226,12 +288,22 @@ def evoselect(
     redundancy: weight of the near-duplicate penalty (at most 1 per pick).
     bandwidth: cosine distance ``1 - cos`` at which the penalty falls to 1/e of its
       full weight (0.1: cos 0.9 -> 0.37, cos 0.7 -> 0.05).
+    lazy_block: candidates re-scored per pick by the lazy greedy (see the module
+      docstring); 0 re-scores every candidate at every pick. The picks are the same.
 
   Returns:
     The selector.
   """
   return _factory(
-    "evoselect", "ot", ot, sub_rounds, demand_weight, relevance_weight, redundancy, bandwidth
+    "evoselect",
+    "ot",
+    ot,
+    sub_rounds,
+    demand_weight,
+    relevance_weight,
+    redundancy,
+    bandwidth,
+    lazy_block,
   )
 
 
@@ -252,6 +324,7 @@ def evoselect_cosine(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
+  lazy_block: int = 64,
 ) -> Selector:
   """Ablation: EvoSelect's greedy with cosine assignments and relevance instead of OT.
 
@@ -270,4 +343,5 @@ def evoselect_cosine(
     relevance_weight,
     redundancy,
     bandwidth,
+    lazy_block,
   )

@@ -22,6 +22,7 @@ from evoselect_jax import loop
 from evoselect_jax.features import make_tree_projector
 from evoselect_jax.models import llama
 from evoselect_jax.selectors import build_selector
+from evoselect_jax.train import losses
 
 
 def _encoded(rng: np.random.Generator, n: int, seq_len: int, vocab: int, answer: int) -> dict:
@@ -48,10 +49,10 @@ def run(cfg, hw: dict, *, seed: int, repeats: int) -> dict:
   rng = np.random.default_rng(seed)
   targets = _encoded(rng, cfg.num_targets, cfg.seq_len, config.vocab_size, cfg.answer_tokens)
 
-  def features_fn(encoded):
+  def features_fn(encoded, num_scored):
     return loop.featurize(
       config, params, lora, lora, encoded, projector, None,
-      which="lora", micro_batch=cfg.micro_batch,
+      which="lora", micro_batch=cfg.micro_batch, num_scored=num_scored,
     ).features  # fmt: skip
 
   rows = []
@@ -60,9 +61,10 @@ def run(cfg, hw: dict, *, seed: int, repeats: int) -> dict:
     row = {"n": n, "m": cfg.num_targets, "k": cfg.budget}
     feats = {}
     for name, encoded in (("candidates", pool), ("targets", targets)):
+      num_scored = losses.num_scored(encoded["loss_mask"])  # as loop.featurize_round
       encoded = jax.tree.map(jnp.asarray, encoded)
       start = time.perf_counter()
-      compiled = jax.jit(features_fn).lower(encoded).compile()
+      compiled = jax.jit(features_fn, static_argnums=1).lower(encoded, num_scored).compile()
       row[f"{name}_compile_s"] = time.perf_counter() - start
       start = time.perf_counter()
       feats[name] = jax.block_until_ready(compiled(encoded))
