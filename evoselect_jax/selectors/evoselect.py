@@ -48,17 +48,22 @@ picks can be weakly related points.
 With ``sub_rounds=1``, ``demand_weight=0`` and ``redundancy=0`` this is top-k by OT
 relevance (GOT-D, Just et al. 2023, for ``ot.score="potential"``).
 
-Lazy greedy (Minoux 1978): within a sub-round every candidate's score can only fall
-(unmet demand shrinks, the redundancy penalty grows, relevance is fixed), so a score
-computed earlier bounds it. Each pick re-scores only the ``lazy_block`` candidates of
+Lazy greedy (Minoux 1978; opt-in, ``lazy_block > 0``): within a sub-round every
+candidate's score can only fall (unmet demand shrinks, the redundancy penalty grows,
+relevance is fixed), so a score computed earlier bounds it. Each pick re-scores only
+the ``lazy_block`` candidates of
 highest bound; when the best of them beats the next bound it is the exact argmax (ties
 to the lowest index, as a full pass), else every candidate is re-scored. The max cosine
 to the selected set is brought up to date for every candidate once per 32 picks and
 for the re-scored ones at each pick. The picks equal re-scoring everything at every
 pick (``lazy_block=0``; up to float rounding in near-ties).
 
-Memory: the [n, m] assignment matrix; time per pick O(lazy_block m) when the bound
-holds, O(n m) when it does not, plus ``sub_rounds`` OT solves. The whole selection is
+It is not yet the default: under an 8-device sharded layout its program (``top_k`` and
+``cond`` on sharded rows) once crashed XLA:CPU's compiler in CI, which we could not
+reproduce.
+
+Memory: the [n, m] assignment matrix; time per pick O(n m), or with the lazy greedy
+O(lazy_block m) when the bound holds, plus ``sub_rounds`` OT solves. The whole selection is
 one jitted program (``k`` and the options static).
 """
 
@@ -88,7 +93,7 @@ class EvoSelectConfig:
   relevance_weight: float
   redundancy: float
   bandwidth: float
-  lazy_block: int = 64
+  lazy_block: int = 0
 
 
 def _align(
@@ -171,7 +176,21 @@ def _evoselect(
       )
       return jnp.where(available if rows is None else available[rows], score, -jnp.inf)
 
+    def pick_all(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+      """A pick that re-scores every candidate (``lazy_block=0``)."""
+      picked, available, received, max_sim = inner
+      t = r * chunk + s
+      unmet = jnp.maximum(demand - received, 0.0)
+      i = jnp.argmax(scores(None, unmet, max_sim, available)).astype(jnp.int32)
+      take = t < k
+      picked = picked.at[t].set(i, mode="drop")
+      available = available.at[i].set(available[i] & ~take)
+      received = received + jnp.where(take, assign[i], 0.0)
+      max_sim = jnp.where(take, jnp.maximum(max_sim, u @ u[i]), max_sim)
+      return picked, available, received, max_sim
+
     def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+      """A lazy pick (see the module docstring)."""
       picked, available, received, max_sim, buffer, filled, bound = inner
       t = r * chunk + s
       unmet = jnp.maximum(demand - received, 0.0)
@@ -180,19 +199,17 @@ def _evoselect(
         score = scores(None, unmet, max_sim_of(None, max_sim, buffer, filled), available)
         return jnp.argmax(score).astype(jnp.int32), score
 
-      if block:  # lazy: scores only fall within a sub-round, so old ones bound new ones
-        top, rows = jax.lax.top_k(bound, block + 1)
-        rows, threshold = rows[:block], top[block]
-        exact = scores(rows, unmet, max_sim_of(rows, max_sim, buffer, filled), available)
-        best = exact.max()
+      # Scores only fall within a sub-round, so earlier ones bound the current ones.
+      top, rows = jax.lax.top_k(bound, block + 1)
+      rows, threshold = rows[:block], top[block]
+      exact = scores(rows, unmet, max_sim_of(rows, max_sim, buffer, filled), available)
+      best = exact.max()
 
-        def from_block(_):  # every other candidate's bound is at most threshold < best
-          i = jnp.min(jnp.where(exact == best, rows, n)).astype(jnp.int32)  # argmax's tie rule
-          return i, bound.at[rows].set(exact)
+      def from_block(_):  # every other candidate's bound is at most threshold < best
+        i = jnp.min(jnp.where(exact == best, rows, n)).astype(jnp.int32)  # argmax's tie rule
+        return i, bound.at[rows].set(exact)
 
-        i, bound = jax.lax.cond(best > threshold, from_block, rescore_all, None)
-      else:
-        i, bound = rescore_all(None)
+      i, bound = jax.lax.cond(best > threshold, from_block, rescore_all, None)
       take = t < k
       picked = picked.at[t].set(i, mode="drop")
       available = available.at[i].set(available[i] & ~take)
@@ -207,6 +224,9 @@ def _evoselect(
       )
       return picked, available, received, max_sim, buffer, filled, bound
 
+    if not block:
+      inner = jax.lax.fori_loop(0, chunk, pick_all, (picked, available, received, max_sim))
+      return (*inner, f, g, report)
     buffer, filled = jnp.zeros((_BUFFER, u.shape[1]), u.dtype), jnp.int32(0)
     bound = scores(None, unmet, max_sim, available)
     inner = (picked, available, received, max_sim, buffer, filled, bound)
@@ -238,7 +258,7 @@ def _factory(
   relevance_weight: float,
   redundancy: float,
   bandwidth: float,
-  lazy_block: int = 64,
+  lazy_block: int = 0,
 ) -> Selector:
   if not isinstance(sub_rounds, int) or sub_rounds < 1:
     raise ValueError(f"{name} sub_rounds must be a positive int, got {sub_rounds!r}")
@@ -274,7 +294,7 @@ def evoselect(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
-  lazy_block: int = 64,
+  lazy_block: int = 0,
 ) -> Selector:
   """Builds EvoSelect (see the module docstring).
 
@@ -288,8 +308,9 @@ def evoselect(
     redundancy: weight of the near-duplicate penalty (at most 1 per pick).
     bandwidth: cosine distance ``1 - cos`` at which the penalty falls to 1/e of its
       full weight (0.1: cos 0.9 -> 0.37, cos 0.7 -> 0.05).
-    lazy_block: candidates re-scored per pick by the lazy greedy (see the module
-      docstring); 0 re-scores every candidate at every pick. The picks are the same.
+    lazy_block: 0 re-scores every candidate at every pick; > 0 (e.g. 64) makes the
+      greedy lazy, re-scoring about that many per pick (see the module docstring). The
+      picks are the same; for large pools on one device (not yet tested sharded).
 
   Returns:
     The selector.
@@ -324,7 +345,7 @@ def evoselect_cosine(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
-  lazy_block: int = 64,
+  lazy_block: int = 0,
 ) -> Selector:
   """Ablation: EvoSelect's greedy with cosine assignments and relevance instead of OT.
 
