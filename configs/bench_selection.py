@@ -206,7 +206,7 @@ def get_config(arg=None):
   e2e.answer_tokens = 4
   e2e.micro_batch = 256  # examples per vmap in the features
   e2e.projector = dict(name="rademacher", out_dim=1024)
-  e2e.selector = dict(name="evoselect", lazy_block=64)  # the lazy greedy, for large pools
+  e2e.selector = dict(name="evoselect")
   e2e.pool_sizes = (10_000, 100_000)  # issue #6: n = 10k and 100k
   e2e.num_targets = 500
   e2e.budget = 1000

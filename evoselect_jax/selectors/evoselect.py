@@ -48,23 +48,9 @@ picks can be weakly related points.
 With ``sub_rounds=1``, ``demand_weight=0`` and ``redundancy=0`` this is top-k by OT
 relevance (GOT-D, Just et al. 2023, for ``ot.score="potential"``).
 
-Lazy greedy (Minoux 1978; opt-in, ``lazy_block > 0``): within a sub-round every
-candidate's score can only fall (unmet demand shrinks, the redundancy penalty grows,
-relevance is fixed), so a score computed earlier bounds it. Each pick re-scores only
-the ``lazy_block`` candidates of
-highest bound; when the best of them beats the next bound it is the exact argmax (ties
-to the lowest index, as a full pass), else every candidate is re-scored. The max cosine
-to the selected set is brought up to date for every candidate once per 32 picks and
-for the re-scored ones at each pick. The picks equal re-scoring everything at every
-pick (``lazy_block=0``; up to float rounding in near-ties).
-
-It is not yet the default: under an 8-device sharded layout its program (``top_k`` and
-``cond`` on sharded rows) once crashed XLA:CPU's compiler in CI, which we could not
-reproduce.
-
-Memory: the [n, m] assignment matrix; time per pick O(n m), or with the lazy greedy
-O(lazy_block m) when the bound holds, plus ``sub_rounds`` OT solves. The whole selection is
-one jitted program (``k`` and the options static).
+Memory: the [n, m] assignment matrix; time O(k n m) for the demand terms plus
+``sub_rounds`` OT solves. The whole selection is one jitted program (``k`` and the
+options static).
 """
 
 from __future__ import annotations
@@ -93,7 +79,6 @@ class EvoSelectConfig:
   relevance_weight: float
   redundancy: float
   bandwidth: float
-  lazy_block: int = 0
 
 
 def _align(
@@ -125,9 +110,6 @@ def _align(
   return assign, jnp.max(sim, axis=1), init, None
 
 
-_BUFFER = 32  # picks whose unit rows wait before max_sim of every candidate is updated
-
-
 @functools.partial(jax.jit, static_argnames=("config", "k"))
 def _evoselect(
   candidates: jax.Array,
@@ -146,13 +128,6 @@ def _evoselect(
   demand = jnp.full((m,), k / m, jnp.float32)
   chunk = -(-k // config.sub_rounds)
   rounds = -(-k // chunk)  # fewer than sub_rounds when k < sub_rounds
-  block = config.lazy_block if n > config.lazy_block else 0
-
-  def max_sim_of(rows, base, buffer, filled):
-    """The max cosine to the selected of candidates ``rows`` (None: all), base and buffer."""
-    ur, br = (u, base) if rows is None else (u[rows], base[rows])
-    recent = jnp.where(jnp.arange(_BUFFER) < filled, ur @ buffer.T, -jnp.inf)
-    return jnp.maximum(br, recent.max(axis=1))
 
   def sub_round(r: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     picked, available, received, max_sim, f, g, report = state
@@ -164,24 +139,16 @@ def _evoselect(
       report = jax.tree.map(lambda new, old: jnp.where(r == 0, new, old), solved, report)
     relevance = min_max(relevance, available)
 
-    def scores(rows, unmet, max_sim, available):
-      """The greedy score of candidates ``rows`` (None: all); -inf where unavailable."""
-      a, v, rel = (
-        (assign, value, relevance) if rows is None else (assign[rows], value[rows], relevance[rows])
-      )
-      score = (
-        config.demand_weight * jnp.sum(jnp.minimum(a, unmet) * v, axis=1)
-        + config.relevance_weight * rel
-        - config.redundancy * jnp.exp((max_sim - 1.0) / config.bandwidth)
-      )
-      return jnp.where(available if rows is None else available[rows], score, -jnp.inf)
-
-    def pick_all(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-      """A pick that re-scores every candidate (``lazy_block=0``)."""
+    def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
       picked, available, received, max_sim = inner
       t = r * chunk + s
       unmet = jnp.maximum(demand - received, 0.0)
-      i = jnp.argmax(scores(None, unmet, max_sim, available)).astype(jnp.int32)
+      score = (
+        config.demand_weight * jnp.sum(jnp.minimum(assign, unmet) * value, axis=1)
+        + config.relevance_weight * relevance
+        - config.redundancy * jnp.exp((max_sim - 1.0) / config.bandwidth)
+      )
+      i = jnp.argmax(jnp.where(available, score, -jnp.inf)).astype(jnp.int32)
       take = t < k
       picked = picked.at[t].set(i, mode="drop")
       available = available.at[i].set(available[i] & ~take)
@@ -189,52 +156,8 @@ def _evoselect(
       max_sim = jnp.where(take, jnp.maximum(max_sim, u @ u[i]), max_sim)
       return picked, available, received, max_sim
 
-    def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-      """A lazy pick (see the module docstring)."""
-      picked, available, received, max_sim, buffer, filled, bound = inner
-      t = r * chunk + s
-      unmet = jnp.maximum(demand - received, 0.0)
-
-      def rescore_all(_):
-        score = scores(None, unmet, max_sim_of(None, max_sim, buffer, filled), available)
-        return jnp.argmax(score).astype(jnp.int32), score
-
-      # Scores only fall within a sub-round, so earlier ones bound the current ones.
-      top, rows = jax.lax.top_k(bound, block + 1)
-      rows, threshold = rows[:block], top[block]
-      exact = scores(rows, unmet, max_sim_of(rows, max_sim, buffer, filled), available)
-      best = exact.max()
-
-      def from_block(_):  # every other candidate's bound is at most threshold < best
-        i = jnp.min(jnp.where(exact == best, rows, n)).astype(jnp.int32)  # argmax's tie rule
-        return i, bound.at[rows].set(exact)
-
-      i, bound = jax.lax.cond(best > threshold, from_block, rescore_all, None)
-      take = t < k
-      picked = picked.at[t].set(i, mode="drop")
-      available = available.at[i].set(available[i] & ~take)
-      bound = bound.at[i].set(jnp.where(take, -jnp.inf, bound[i]))
-      received = received + jnp.where(take, assign[i], 0.0)
-      buffer = buffer.at[filled].set(u[i])  # ignored (beyond filled) unless take
-      filled = filled + take.astype(jnp.int32)
-      max_sim, filled = jax.lax.cond(
-        filled == _BUFFER,
-        lambda: (max_sim_of(None, max_sim, buffer, filled), jnp.int32(0)),
-        lambda: (max_sim, filled),
-      )
-      return picked, available, received, max_sim, buffer, filled, bound
-
-    if not block:
-      inner = jax.lax.fori_loop(0, chunk, pick_all, (picked, available, received, max_sim))
-      return (*inner, f, g, report)
-    buffer, filled = jnp.zeros((_BUFFER, u.shape[1]), u.dtype), jnp.int32(0)
-    bound = scores(None, unmet, max_sim, available)
-    inner = (picked, available, received, max_sim, buffer, filled, bound)
-    picked, available, received, max_sim, buffer, filled, _ = jax.lax.fori_loop(
-      0, chunk, pick, inner
-    )
-    max_sim = max_sim_of(None, max_sim, buffer, filled)
-    return picked, available, received, max_sim, f, g, report
+    inner = jax.lax.fori_loop(0, chunk, pick, (picked, available, received, max_sim))
+    return (*inner, f, g, report)
 
   init = (
     jnp.full((k,), -1, jnp.int32),
@@ -258,7 +181,6 @@ def _factory(
   relevance_weight: float,
   redundancy: float,
   bandwidth: float,
-  lazy_block: int = 0,
 ) -> Selector:
   if not isinstance(sub_rounds, int) or sub_rounds < 1:
     raise ValueError(f"{name} sub_rounds must be a positive int, got {sub_rounds!r}")
@@ -271,8 +193,6 @@ def _factory(
       raise ValueError(f"{name} {option} must be nonnegative, got {value!r}")
   if not bandwidth > 0:
     raise ValueError(f"{name} bandwidth must be positive, got {bandwidth!r}")
-  if not isinstance(lazy_block, int) or lazy_block < 0:
-    raise ValueError(f"{name} lazy_block must be an int >= 0, got {lazy_block!r}")
   config = EvoSelectConfig(
     make_ot_config(**(ot or {})),
     alignment,
@@ -281,7 +201,6 @@ def _factory(
     float(relevance_weight),
     float(redundancy),
     float(bandwidth),
-    lazy_block,
   )
   return make_selector(name, _evoselect, config=config)
 
@@ -294,7 +213,6 @@ def evoselect(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
-  lazy_block: int = 0,
 ) -> Selector:
   """Builds EvoSelect (see the module docstring).
 
@@ -308,23 +226,12 @@ def evoselect(
     redundancy: weight of the near-duplicate penalty (at most 1 per pick).
     bandwidth: cosine distance ``1 - cos`` at which the penalty falls to 1/e of its
       full weight (0.1: cos 0.9 -> 0.37, cos 0.7 -> 0.05).
-    lazy_block: 0 re-scores every candidate at every pick; > 0 (e.g. 64) makes the
-      greedy lazy, re-scoring about that many per pick (see the module docstring). The
-      picks are the same; for large pools on one device (not yet tested sharded).
 
   Returns:
     The selector.
   """
   return _factory(
-    "evoselect",
-    "ot",
-    ot,
-    sub_rounds,
-    demand_weight,
-    relevance_weight,
-    redundancy,
-    bandwidth,
-    lazy_block,
+    "evoselect", "ot", ot, sub_rounds, demand_weight, relevance_weight, redundancy, bandwidth
   )
 
 
@@ -345,7 +252,6 @@ def evoselect_cosine(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
-  lazy_block: int = 0,
 ) -> Selector:
   """Ablation: EvoSelect's greedy with cosine assignments and relevance instead of OT.
 
@@ -364,5 +270,4 @@ def evoselect_cosine(
     relevance_weight,
     redundancy,
     bandwidth,
-    lazy_block,
   )
