@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evoselect_jax.models import PROJECTIONS, LlamaConfig, apply, init, params_to_hf
+from evoselect_jax.models import PROJECTIONS, LlamaConfig, apply, init, llama, params_to_hf
 from evoselect_jax.models.llama import Llama, init_cache, merge_lora
 
 apply_jit = jax.jit(apply, static_argnums=0)
@@ -229,3 +229,43 @@ def test_projection_names_cover_every_dense():
   params, _ = init(LlamaConfig(37, 24, 40, 1, 6, 2), jax.random.key(0))
   layer = params["layers_0"]
   assert set(layer["self_attn"]) | set(layer["mlp"]) == set(PROJECTIONS)
+
+
+def naive_attention(q, k, v, mask, scale):
+  """Softmax attention as autodiff sees it: q [b, kv, g, q, d], k/v [b, kv, s, d]."""
+  scores = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  return jnp.einsum("bkgqs,bksd->bkgqd", probs.astype(v.dtype), v)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attend_equals_autodiff_of_softmax_attention(dtype):
+  """The hand-written backward equals autodiff's, with GQA groups, padding and a blind row."""
+  rng = np.random.default_rng(0)
+  b, kv, g, tq, s, d = 2, 2, 3, 5, 7, 4
+  shapes = [(b, kv, g, tq, d), (b, kv, s, d), (b, kv, s, d)]
+  q, k, v = (jnp.asarray(rng.normal(size=shape), dtype) for shape in shapes)
+  mask = np.tril(np.ones((tq, s), bool), k=s - tq)[None].repeat(b, 0)
+  mask[1, :, :2] = False  # padded keys
+  mask[1, 0] = False  # a query that sees no key
+  cotangent = jnp.asarray(rng.normal(size=(b, kv, g, tq, d)), dtype)
+  scale = 0.37
+  got_out, got_vjp = jax.vjp(lambda *a: llama.attend(*a, mask, scale), q, k, v)
+  want_out, want_vjp = jax.vjp(lambda *a: naive_attention(*a, mask, scale), q, k, v)
+  tol = dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=3e-2, atol=3e-2)
+  f32 = lambda x: np.asarray(x, np.float32)
+  np.testing.assert_allclose(f32(got_out), f32(want_out), **tol)
+  for got, want in zip(got_vjp(cotangent), want_vjp(cotangent), strict=True):
+    assert got.dtype == dtype
+    np.testing.assert_allclose(f32(got), f32(want), **tol)
+
+
+def test_rotary_tables_equal_the_angles_at_the_positions():
+  positions = jnp.asarray([[0, 1, 2, 2], [5, 3, 0, 4]])
+  inv_freq = np.asarray([1.0, 0.1, 0.01], np.float32)
+  cos, sin = llama.rotary(positions, inv_freq, 6)
+  angles = np.asarray(positions, np.float32)[..., None] * inv_freq
+  angles = np.concatenate([angles, angles], axis=-1)[:, :, None]
+  np.testing.assert_allclose(cos, np.cos(angles), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(sin, np.sin(angles), rtol=1e-6, atol=1e-6)

@@ -17,8 +17,9 @@ few-shot language model evaluation", for the scores; packing is the prefix-shari
 batched inference servers).
 
 The block mask and positions reach the model through a Flax method interceptor on
-:class:`evoselect_jax.models.llama.Attention`, whose ``__call__(x, positions, mask, ...)``
-gets them in place of the causal ones :class:`~evoselect_jax.models.llama.Llama` builds;
+:class:`evoselect_jax.models.llama.Attention`, whose ``__call__(x, tables, mask, ...)``
+gets them (the positions as RoPE tables) in place of the causal ones
+:class:`~evoselect_jax.models.llama.Llama` builds;
 a ``logits_fn`` that runs no such module is refused.
 """
 
@@ -146,10 +147,12 @@ def _packed_attention(positions: jax.Array, mask: jax.Array, calls: list[str]):
     if len(args) < 3:
       raise TypeError(
         f"Attention.__call__ got {len(args)} positional arguments; packed scoring expects "
-        "(x, positions, mask, ...)"
+        "(x, rope tables, mask, ...)"
       )
     calls.append(context.module.name)
-    return next_fun(args[0], positions, mask, *args[3:], **kwargs)
+    inv_freq = context.module.config.rope_inv_freq()
+    tables = llama.rotary(positions, inv_freq, positions.shape[1])  # positions < t
+    return next_fun(args[0], tables, mask, *args[3:], **kwargs)
 
   return interceptor
 

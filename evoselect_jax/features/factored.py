@@ -31,11 +31,13 @@ per-example gradients (tests/test_grads_decoder.py checks it against the dense
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from evoselect_jax.features.grads import Features, _map_micro_batches, finish_features
@@ -56,10 +58,8 @@ def decoder_factors(
 ) -> tuple[dict, dict]:
   """Every layer's input and output gradient for a batch, by one forward and one backward.
 
-  With adapters and float32 compute, the forward runs the merged model
-  (:func:`~evoselect_jax.models.llama.merge_lora`): the same function, inputs and
-  output gradients, at one matmul per projection instead of three. (In bfloat16 the
-  small update ``s A B`` would be rounded away in ``W + s A B``.)
+  A caller that runs many batches with float32 adapters passes the merged model
+  instead (:func:`merged`).
 
   Args:
     config: the architecture.
@@ -80,8 +80,6 @@ def decoder_factors(
     ``num_scored``, those of the last block's query side, MLP and head are
     [b, num_scored, ...].
   """
-  if lora is not None and config.compute_dtype == jnp.float32:
-    params, lora = llama.merge_lora(config, params, lora), None
   model = llama.Llama(config, use_lora=lora is not None)
   variables = {"params": params} | ({"lora": lora} if lora is not None else {})
   tokens, mask, loss_mask = batch["tokens"], batch["attention_mask"], batch["loss_mask"]
@@ -118,22 +116,40 @@ def decoder_factors(
   return taps, traverse_util.unflatten_dict(deltas)
 
 
+def merged(config: llama.LlamaConfig, params: dict, lora: dict | None) -> tuple[dict, dict | None]:
+  """``(params, lora)`` for :func:`decoder_factors`: with float32 adapters, the merged model.
+
+  The merged model (:func:`~evoselect_jax.models.llama.merge_lora`) is the same function
+  with the same layer inputs and output gradients, at one matmul per projection instead
+  of three. In bfloat16 the small update ``s A B`` would be rounded away in ``W + s A B``,
+  so the adapters stay apart.
+  """
+  if lora is None or config.compute_dtype != jnp.float32:
+    return params, lora
+  return llama.merge_lora(config, params, lora), None
+
+
 def _at(tree: dict, path: tuple[str, ...]) -> Any:
   for key in path:
     tree = tree[key]
   return tree
 
 
-def _outer(ul: jax.Array, vr: jax.Array) -> jax.Array:
-  """``Σ_t ul_tᵀ vr_t`` per example, flattened: [n, t, r_a], [n, t, r_b] -> [n, r_a·r_b]."""
-  n = ul.shape[0]
-  return jnp.einsum("ntr,nts->nrs", ul, vr).reshape(n, -1)
+@dataclasses.dataclass(frozen=True)
+class _Side:
+  """One projected factor of a term: ``source @ matrix`` [n, t, r], or ``source`` itself."""
+
+  source: jax.Array
+  matrix: jax.Array | None = None
+
+
+_Term = tuple[_Side, _Side]  # Σ_t left_tᵀ right_t per example, [n, r_a·r_b]
 
 
 def _leaf_outputs(
   path: tuple[str, ...], collection: str, config: llama.LlamaConfig
 ) -> set[tuple[str, ...]]:
-  """The perturbations whose gradients :func:`_leaf_projection` reads for ``path``."""
+  """The perturbations whose gradients :func:`_leaf_terms` reads for ``path``."""
   if collection == "params" and path == ("embed_tokens", "embedding"):
     return {("embed_out",), ("head_out",)} if config.tie_word_embeddings else {("embed_out",)}
   if collection == "params" and path == ("lm_head",):
@@ -141,7 +157,7 @@ def _leaf_outputs(
   return {(*path[:-1], "out")}
 
 
-def _leaf_projection(
+def _leaf_terms(
   path: tuple[str, ...],
   proj: KroneckerProjector,
   *,
@@ -151,32 +167,71 @@ def _leaf_projection(
   taps: dict,
   deltas: dict,
   tokens: jax.Array,
-) -> jax.Array:
-  """The projected per-example gradient [n, out_dim] of the parameter at ``path``."""
-  f32 = jnp.float32
+) -> tuple[list[_Term], jax.Array | None]:
+  """The projected per-example gradient of the parameter at ``path``.
+
+  Returns:
+    ``(terms, dense)``: the projection is the sum of the terms (see
+    :func:`_project_terms`) plus ``dense`` [n, out_dim] (vectors) when not None.
+  """
   *module, name = path
   module = tuple(module)
   if collection == "params" and path == ("embed_tokens", "embedding"):
-    out = _outer(proj.left[tokens], deltas["embed_out"].astype(f32) @ proj.right)
+    terms = [(_Side(proj.left[tokens]), _Side(deltas["embed_out"], proj.right))]
     if config.tie_word_embeddings:  # logits = h Eᵀ: dE = δ_logitsᵀ h
-      ul = deltas["head_out"].astype(f32) @ proj.left
-      out = out + _outer(ul, taps["head_in"][0].astype(f32) @ proj.right)
-    return out
+      terms.append((_Side(deltas["head_out"], proj.left), _Side(taps["head_in"][0], proj.right)))
+    return terms, None
   if collection == "params" and path == ("lm_head",):
-    return proj.project_factors(taps["head_in"][0], deltas["head_out"])
+    return [(_Side(taps["head_in"][0], proj.left), _Side(deltas["head_out"], proj.right))], None
   x, delta = _at(taps, module)["in"][0], _at(deltas, module)["out"]
+  f32 = jnp.float32
   if collection == "params" and name == "kernel":
-    return proj.project_factors(x, delta)
+    return [(_Side(x, proj.left), _Side(delta, proj.right))], None
   if collection == "params" and name == "bias":
-    return proj(delta.astype(f32).sum(1))
+    return [], proj(delta.astype(f32).sum(1))
   if collection == "params" and name == "scale":
-    return proj((x.astype(f32) * delta.astype(f32)).sum(1))
+    return [], proj((x.astype(f32) * delta.astype(f32)).sum(1))
   if collection == "lora" and name in ("lora_a", "lora_b"):
     adapter, scale = _at(lora, module), config.lora_alpha / config.lora_rank
-    if name == "lora_a":  # dA = s xᵀ (δ Bᵀ)
-      return proj.project_factors(x, scale * (delta.astype(f32) @ adapter["lora_b"].T))
-    return proj.project_factors(scale * (x.astype(f32) @ adapter["lora_a"]), delta)  # dB
+    if name == "lora_a":  # dA = s xᵀ (δ Bᵀ): P_inᵀ dA P_out = (x P_in)ᵀ (δ s Bᵀ P_out)
+      return [(_Side(x, proj.left), _Side(delta, scale * adapter["lora_b"].T @ proj.right))], None
+    # dB = s (x A)ᵀ δ: P_inᵀ dB P_out = (x s A P_in)ᵀ (δ P_out)
+    return [(_Side(x, scale * adapter["lora_a"] @ proj.left), _Side(delta, proj.right))], None
   raise ValueError(f"No factored gradient for {collection} leaf {'/'.join(path)}")
+
+
+def _project_terms(terms: list[_Term], n: int) -> jax.Array:
+  """``Σ_terms Σ_t left_tᵀ right_t`` per example, flattened: [n, r_a·r_b].
+
+  Batched for the CPU's sake, where a hundred thin matmuls cost more than their FLOPs:
+  each source array is multiplied once by all the matrices that read it, side by side
+  (the decoder records one array for the shared input of q/k/v and of gate/up), and
+  the terms of one output shape are contracted in one matmul, their tokens stacked.
+  """
+  f32 = jnp.float32
+  reads: dict[int, tuple[jax.Array, list[jax.Array]]] = {}
+  for side in (side for term in terms for side in term if side.matrix is not None):
+    reads.setdefault(id(side.source), (side.source, []))[1].append(side.matrix)
+  products = {}
+  for key, (source, matrices) in reads.items():
+    wide = source.astype(f32) @ jnp.concatenate(matrices, axis=1)
+    bounds = np.cumsum([m.shape[1] for m in matrices])[:-1].tolist()
+    products[key] = iter(jnp.split(wide, bounds, axis=-1))
+  groups: dict[tuple[int, int], list[tuple[jax.Array, jax.Array]]] = {}
+  for term in terms:  # the order of the reads above
+    left, right = (
+      side.source.astype(f32) if side.matrix is None else next(products[id(side.source)])
+      for side in term
+    )
+    groups.setdefault((left.shape[-1], right.shape[-1]), []).append((left, right))
+  return sum(
+    jnp.einsum(
+      "ntr,nts->nrs",
+      jnp.concatenate([left for left, _ in pairs], axis=1),
+      jnp.concatenate([right for _, right in pairs], axis=1),
+    ).reshape(n, -1)
+    for pairs in groups.values()
+  )
 
 
 def check_factored_projector(projector: Any, diff: Any) -> None:
@@ -245,11 +300,13 @@ def factored_features(
   paths = [tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(diff)[0]]
   outputs = set().union(*(_leaf_outputs(path, collection, config) for path in paths))
 
+  forward = merged(config, params, lora)  # once, outside the loop over micro-batches
+
   def featurize(examples):
-    taps, deltas = decoder_factors(config, params, lora, examples, num_scored, outputs)
-    z = None
+    taps, deltas = decoder_factors(config, *forward, examples, num_scored, outputs)
+    terms, z = [], jnp.zeros((examples["tokens"].shape[0], projector.out_dim), jnp.float32)
     for path, proj in zip(paths, projector.projectors, strict=True):
-      part = _leaf_projection(
+      leaf_terms, dense = _leaf_terms(
         path,
         proj,
         collection=collection,
@@ -259,7 +316,10 @@ def factored_features(
         deltas=deltas,
         tokens=examples["tokens"],
       )
-      z = part if z is None else z + part
+      terms += leaf_terms
+      z = z if dense is None else z + dense
+    if terms:
+      z = z + _project_terms(terms, z.shape[0])
     return finish_features(z, jnp.all(jnp.isfinite(z), axis=1), normalize)
 
   return _map_micro_batches(featurize, batch, micro_batch)
