@@ -439,8 +439,6 @@ def test_bad_options_fail_loudly():
     build_selector(dict(name="evoselect", sub_rounds=0))
   with pytest.raises(ValueError, match="bandwidth"):
     build_selector(dict(name="evoselect", bandwidth=0.0))
-  with pytest.raises(ValueError, match="lazy_block must be an int >= 0"):
-    build_selector(dict(name="evoselect", lazy_block=-1))
   with pytest.raises(ValueError, match="potential"):
     build_selector(dict(name="gotd", ot=dict(score="expected_cost")))
   with pytest.raises(TypeError, match="Bad options for selector 'less'"):
@@ -495,17 +493,3 @@ def test_select_reports_the_ot_solve_its_picks_start_from(name):
   got, want = report.to_dict(), sol.report().to_dict()
   assert (got["converged"], got["iterations"]) == (want["converged"], want["iterations"])
   assert got["converged"] and got["marginal_error"] == pytest.approx(want["marginal_error"], 1e-3)
-
-
-@pytest.mark.parametrize("name", ["evoselect", "evoselect_cosine", "evoselect_no_diversity"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lazy_greedy_picks_equal_rescoring_every_candidate(name, seed):
-  """Blocks of 1 (renewed at almost every pick) to 64; k=70 spans three groups of 32."""
-  x, y, _ = planted_pool(seed=seed)
-  rng = np.random.default_rng(seed)
-  x = x + 0.05 * jnp.asarray(rng.normal(size=x.shape), jnp.float32)  # fewer exact ties
-  mask = jnp.asarray(rng.uniform(size=x.shape[0]) < 0.9)
-  full = build_selector(dict(name=name, lazy_block=0))(x, y, 70, jax.random.key(0), mask=mask)
-  for block in (1, 8, 64):
-    lazy = build_selector(dict(name=name, lazy_block=block))
-    np.testing.assert_array_equal(lazy(x, y, 70, jax.random.key(0), mask=mask), full)

@@ -48,22 +48,9 @@ picks can be weakly related points.
 With ``sub_rounds=1``, ``demand_weight=0`` and ``redundancy=0`` this is top-k by OT
 relevance (GOT-D, Just et al. 2023, for ``ot.score="potential"``).
 
-Lazy greedy (``lazy_block > 0``, after Minoux 1978): within a sub-round every
-candidate's score can only fall (unmet demand shrinks, the redundancy penalty grows,
-relevance is fixed), so a score computed earlier bounds it. A full re-scoring also
-sorts the scores and keeps the ``lazy_block`` best candidates as the block and the next
-score as the threshold; each later pick re-scores the block only, and its best is the
-exact argmax (ties to the lowest index, as a full pass) as long as it beats the
-threshold, which bounds every candidate outside the block. Otherwise every candidate
-is re-scored and the block renewed. The max cosine to the selected set is brought up
-to date for every candidate once per 32 picks (one matmul), in between for the
-candidates re-scored. The picks equal those of ``lazy_block=0``, which re-scores every
-candidate at every pick, up to float rounding in near-ties.
-
 Memory: the [n, m] assignment matrix; time O(k n m) for the demand terms plus
-``sub_rounds`` OT solves, or with the lazy greedy O(lazy_block m) per pick between
-full re-scorings. The whole selection is one jitted program (``k`` and the options
-static).
+``sub_rounds`` OT solves. The whole selection is one jitted program (``k`` and the
+options static).
 """
 
 from __future__ import annotations
@@ -92,10 +79,6 @@ class EvoSelectConfig:
   relevance_weight: float
   redundancy: float
   bandwidth: float
-  lazy_block: int
-
-
-_GROUP = 32  # lazy greedy: picks between updates of every candidate's max cosine
 
 
 def _align(
@@ -145,7 +128,6 @@ def _evoselect(
   demand = jnp.full((m,), k / m, jnp.float32)
   chunk = -(-k // config.sub_rounds)
   rounds = -(-k // chunk)  # fewer than sub_rounds when k < sub_rounds
-  block = config.lazy_block if n > config.lazy_block else 0
 
   def sub_round(r: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     picked, available, received, max_sim, f, g, report = state
@@ -157,93 +139,25 @@ def _evoselect(
       report = jax.tree.map(lambda new, old: jnp.where(r == 0, new, old), solved, report)
     relevance = min_max(relevance, available)
 
-    def scores(rows, unmet, max_sim, available):
-      """The greedy scores of candidates ``rows`` (None: all); -inf where unavailable."""
-      a, v, rel, avail = (
-        (assign, value, relevance, available)
-        if rows is None
-        else (assign[rows], value[rows], relevance[rows], available[rows])
-      )
-      score = (
-        config.demand_weight * jnp.sum(jnp.minimum(a, unmet) * v, axis=1)
-        + config.relevance_weight * rel
-        - config.redundancy * jnp.exp((max_sim - 1.0) / config.bandwidth)
-      )
-      return jnp.where(avail, score, -jnp.inf)
-
-    def take_pick(t, i, take, picked, available, received):
-      picked = picked.at[jnp.where(take, t, k)].set(i, mode="drop")
-      available = available.at[i].set(available[i] & ~take)
-      received = received + jnp.where(take, assign[i], 0.0)
-      return picked, available, received
-
     def pick(s: jax.Array, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
       picked, available, received, max_sim = inner
       t = r * chunk + s
       unmet = jnp.maximum(demand - received, 0.0)
-      i = jnp.argmax(scores(None, unmet, max_sim, available)).astype(jnp.int32)
+      score = (
+        config.demand_weight * jnp.sum(jnp.minimum(assign, unmet) * value, axis=1)
+        + config.relevance_weight * relevance
+        - config.redundancy * jnp.exp((max_sim - 1.0) / config.bandwidth)
+      )
+      i = jnp.argmax(jnp.where(available, score, -jnp.inf)).astype(jnp.int32)
       take = t < k
-      picked, available, received = take_pick(t, i, take, picked, available, received)
+      picked = picked.at[t].set(i, mode="drop")
+      available = available.at[i].set(available[i] & ~take)
+      received = received + jnp.where(take, assign[i], 0.0)
       max_sim = jnp.where(take, jnp.maximum(max_sim, u @ u[i]), max_sim)
       return picked, available, received, max_sim
 
-    if not block:
-      inner = jax.lax.fori_loop(0, chunk, pick, (picked, available, received, max_sim))
-      return (*inner, f, g, report)
-
-    def refresh(unmet, max_sim, available):
-      """Every score, the block (the best ``block`` rows) and the threshold (the next)."""
-      score = scores(None, unmet, max_sim, available)
-      order = jnp.argsort(-score)  # stable: equal scores by index, as argmax
-      return score, order[:block], score[order[block]]
-
-    def with_recent(ur, base, recent, grouped):
-      """``base`` raised to the max cosine of ``ur`` to the first ``grouped`` recent picks."""
-      cos = jnp.where(jnp.arange(_GROUP) < grouped, ur @ recent.T, -jnp.inf)
-      return jnp.maximum(base, cos.max(axis=1))
-
-    def lazy_pick(_, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-      picked, available, received, max_sim, recent, grouped, rows, threshold, step = inner
-      t = r * chunk + step
-      unmet = jnp.maximum(demand - received, 0.0)
-
-      def max_sim_now(rows):  # max_sim is as of the group's start; recent holds the rest
-        ur, base = (u, max_sim) if rows is None else (u[rows], max_sim[rows])
-        return with_recent(ur, base, recent, grouped)
-
-      exact = scores(rows, unmet, max_sim_now(rows), available)
-      best = exact.max()
-
-      def from_block(_):  # every other candidate's score is at most threshold < best
-        return jnp.min(jnp.where(exact == best, rows, n)).astype(jnp.int32), rows, threshold
-
-      def from_all(_):
-        score, rows, threshold = refresh(unmet, max_sim_now(None), available)
-        return jnp.argmax(score).astype(jnp.int32), rows, threshold
-
-      i, rows, threshold = jax.lax.cond(best > threshold, from_block, from_all, None)
-      take = (step < chunk) & (t < k)
-      picked, available, received = take_pick(t, i, take, picked, available, received)
-      recent = recent.at[grouped].set(u[i])  # beyond grouped (ignored) unless take
-      grouped = grouped + take.astype(jnp.int32)
-      return picked, available, received, max_sim, recent, grouped, rows, threshold, step + 1
-
-    def group(_, inner: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-      picked, available, received, max_sim, rows, threshold, step = inner
-      recent = jnp.zeros((_GROUP, u.shape[1]), u.dtype)
-      lazy = (picked, available, received, max_sim, recent, jnp.int32(0), rows, threshold, step)
-      picked, available, received, _, recent, grouped, rows, threshold, step = jax.lax.fori_loop(
-        0, _GROUP, lazy_pick, lazy
-      )
-      max_sim = with_recent(u, max_sim, recent, grouped)
-      return picked, available, received, max_sim, rows, threshold, step
-
-    _, rows, threshold = refresh(jnp.maximum(demand - received, 0.0), max_sim, available)
-    inner = (picked, available, received, max_sim, rows, threshold, jnp.int32(0))
-    picked, available, received, max_sim, *_ = jax.lax.fori_loop(
-      0, -(-chunk // _GROUP), group, inner
-    )
-    return picked, available, received, max_sim, f, g, report
+    inner = jax.lax.fori_loop(0, chunk, pick, (picked, available, received, max_sim))
+    return (*inner, f, g, report)
 
   init = (
     jnp.full((k,), -1, jnp.int32),
@@ -267,7 +181,6 @@ def _factory(
   relevance_weight: float,
   redundancy: float,
   bandwidth: float,
-  lazy_block: int,
 ) -> Selector:
   if not isinstance(sub_rounds, int) or sub_rounds < 1:
     raise ValueError(f"{name} sub_rounds must be a positive int, got {sub_rounds!r}")
@@ -280,8 +193,6 @@ def _factory(
       raise ValueError(f"{name} {option} must be nonnegative, got {value!r}")
   if not bandwidth > 0:
     raise ValueError(f"{name} bandwidth must be positive, got {bandwidth!r}")
-  if not isinstance(lazy_block, int) or lazy_block < 0:
-    raise ValueError(f"{name} lazy_block must be an int >= 0, got {lazy_block!r}")
   config = EvoSelectConfig(
     make_ot_config(**(ot or {})),
     alignment,
@@ -290,7 +201,6 @@ def _factory(
     float(relevance_weight),
     float(redundancy),
     float(bandwidth),
-    lazy_block,
   )
   return make_selector(name, _evoselect, config=config)
 
@@ -303,7 +213,6 @@ def evoselect(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
-  lazy_block: int = 64,
 ) -> Selector:
   """Builds EvoSelect (see the module docstring).
 
@@ -317,37 +226,22 @@ def evoselect(
     redundancy: weight of the near-duplicate penalty (at most 1 per pick).
     bandwidth: cosine distance ``1 - cos`` at which the penalty falls to 1/e of its
       full weight (0.1: cos 0.9 -> 0.37, cos 0.7 -> 0.05).
-    lazy_block: candidates re-scored per pick by the lazy greedy (see the module
-      docstring); 0 re-scores every candidate at every pick. The picks are the same.
 
   Returns:
     The selector.
   """
   return _factory(
-    "evoselect",
-    "ot",
-    ot,
-    sub_rounds,
-    demand_weight,
-    relevance_weight,
-    redundancy,
-    bandwidth,
-    lazy_block,
+    "evoselect", "ot", ot, sub_rounds, demand_weight, relevance_weight, redundancy, bandwidth
   )
 
 
 @SELECTORS.register("evoselect_no_diversity")
 def evoselect_no_diversity(
-  ot: dict[str, Any] | None = None,
-  demand_weight: float = 1.0,
-  relevance_weight: float = 0.5,
-  lazy_block: int = 64,
+  ot: dict[str, Any] | None = None, demand_weight: float = 1.0, relevance_weight: float = 0.5
 ) -> Selector:
   """Ablation: EvoSelect with one OT solve and no redundancy penalty."""
   # bandwidth is unused when redundancy is 0
-  return _factory(
-    "evoselect_no_diversity", "ot", ot, 1, demand_weight, relevance_weight, 0.0, 1.0, lazy_block
-  )
+  return _factory("evoselect_no_diversity", "ot", ot, 1, demand_weight, relevance_weight, 0.0, 1.0)
 
 
 @SELECTORS.register("evoselect_cosine")
@@ -358,7 +252,6 @@ def evoselect_cosine(
   relevance_weight: float = 0.5,
   redundancy: float = 1.0,
   bandwidth: float = 0.1,
-  lazy_block: int = 64,
 ) -> Selector:
   """Ablation: EvoSelect's greedy with cosine assignments and relevance instead of OT.
 
@@ -377,5 +270,4 @@ def evoselect_cosine(
     relevance_weight,
     redundancy,
     bandwidth,
-    lazy_block,
   )
