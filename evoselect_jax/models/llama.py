@@ -333,7 +333,7 @@ def rotary(positions: jax.Array, inv_freq: np.ndarray, length: int) -> tuple[jax
   lie in ``[0, length)``. The decoder computes the tables once per call for all its
   layers, as transformers does, and looks them up: computed from the positions
   directly, XLA fuses the cosines into every rotation and evaluates them once per head
-  and layer (on CPU that cost a third of the attention).
+  and layer (on CPU that cost about 30% of the attention's time).
   """
   angles = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)
   angles = jnp.concatenate([angles, angles], axis=-1)  # [length, hd]
@@ -351,7 +351,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: flo
 
   Its backward is written out (as FlashAttention's, Dao et al. 2022): ``dS = P ⊙ (dP -
   rowsum(dO ⊙ O))``, one [.., q, hd] reduction instead of autodiff's chain through the
-  mask, the scale and the softmax over [.., q, s] (about 2x faster on CPU).
+  mask, the scale and the softmax over [.., q, s] (forward and backward of a [4, 8, 128,
+  64] attention on 2 CPU cores: 4.8 ms against 5.8 ms).
 
   Args:
     q: [b, kv, groups, q, hd] queries, grouped by the key-value head they read.
