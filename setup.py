@@ -28,6 +28,9 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
   "test": [
     "pytest==9.2.0",
+    # Two test processes, one module each: most of the suite is XLA compiling, one core
+    # per compile (21 min in one process, 16 in two, on 2 CPU cores).
+    "pytest-xdist==3.8.0",
     "chex==0.1.92",
     "POT==0.9.7.post1",
     "torch==2.13.0",  # the PyTorch reference (logits parity, LESS-style peers)

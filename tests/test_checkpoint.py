@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import types
 
@@ -21,7 +22,6 @@ from evoselect_jax.models import (
   params_from_hf,
   params_to_hf,
 )
-from evoselect_jax.models import checkpoint as checkpoint_lib
 
 apply_jit = jax.jit(apply, static_argnums=0)
 VOCAB = 37
@@ -136,6 +136,20 @@ def test_bfloat16_safetensors_load_exactly(tmp_path):
   assert set(got) == set(want)
   for name, value in want.items():
     np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_a_checkpoint_is_loaded_once_until_its_files_change(tmp_path):
+  hf_model("qwen2").save_pretrained(tmp_path)
+  save_tokenizer(tmp_path)
+  first = load_checkpoint(tmp_path)
+  assert load_checkpoint(str(tmp_path)) is first  # the same files and dtype
+  assert load_checkpoint(tmp_path, dtype="bfloat16").config.dtype == "bfloat16"
+  weights = tmp_path / "model.safetensors"
+  stat = weights.stat()
+  os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))
+  again = load_checkpoint(tmp_path)
+  assert again is not first and load_checkpoint(tmp_path) is again
+  jax.tree.map(np.testing.assert_array_equal, again.params, first.params)
 
 
 def test_hf_state_round_trip_and_strictness():
@@ -470,12 +484,7 @@ def test_gguf_errors(tmp_path):
 # --- (b) SmolLM2-135M-Instruct from its Q4_1 GGUF against transformers' GGUF loading ---------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-  return load_checkpoint("smollm2-135m-instruct")
-
-
-def test_smollm2_gguf_matches_transformers(smollm2):
+def test_smollm2_gguf_matches_transformers(smollm2, smollm2_torch):
   ckpt = smollm2
   c = ckpt.config
   assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size) == (
@@ -495,8 +504,6 @@ def test_smollm2_gguf_matches_transformers(smollm2):
   ids = np.asarray(ids["input_ids"])[None]
   assert ckpt.tokenizer.decode(ids[0]).endswith("<|im_start|>assistant\n")
   got = np.asarray(ckpt.logits(ids))
-  file = checkpoint_lib.resolve("smollm2-135m-instruct")
-  hf = transformers.AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
-  want = hf_logits(hf.eval(), ids)
+  want = hf_logits(smollm2_torch, ids)
   assert np.abs(got - want).max() < 1e-3
   assert (got.argmax(-1) == want.argmax(-1)).all()

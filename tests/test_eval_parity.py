@@ -11,7 +11,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from evoselect_jax.data.benchmarks import load_task
 from evoselect_jax.eval import (
@@ -21,14 +20,9 @@ from evoselect_jax.eval import (
   format_prompt,
   packed_mcqa_accuracy,
 )
-from evoselect_jax.models import checkpoint, llama, load_checkpoint
+from evoselect_jax.models import llama
 
 NUM_ITEMS = 50  # The first 50 ARC-Challenge test items.
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-  return load_checkpoint("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +35,6 @@ def lm_eval_pair(tokenizer, context, continuation):
   whole = tokenizer.encode(context + continuation, add_special_tokens=False)
   context_ids = tokenizer.encode(context, add_special_tokens=False)
   return context_ids, whole[len(context_ids) :]
-
-
-@pytest.fixture(scope="module")
-def torch_model():
-  file = checkpoint.resolve("smollm2-135m-instruct")
-  return transformers.AutoModelForCausalLM.from_pretrained(
-    file.parent, gguf_file=file.name, dtype=torch.float32
-  ).eval()
 
 
 def torch_logliks(model, examples, tokenizer):
@@ -85,7 +71,7 @@ def test_hf_tokenizer_smollm2(smollm2):
   )
 
 
-def test_smollm2_arc_logliks_match_transformers(smollm2, torch_model, examples):
+def test_smollm2_arc_logliks_match_transformers(smollm2, smollm2_torch, examples):
   tok = HFTokenizer(smollm2.tokenizer)
   for ex in examples:  # Separate encoding equals lm-eval's split encoding here.
     for choice in ex.choices:
@@ -97,7 +83,7 @@ def test_smollm2_arc_logliks_match_transformers(smollm2, torch_model, examples):
   encoded = encode_packed(tok, examples, max_len=1024, max_choices=5)
   logits_fn = functools.partial(llama.apply, smollm2.config, smollm2.params, None)
   got = packed_mcqa_accuracy(logits_fn, encoded)
-  want = torch_logliks(torch_model, examples, smollm2.tokenizer)
+  want = torch_logliks(smollm2_torch, examples, smollm2.tokenizer)
   c = want.shape[1]
   assert np.isneginf(got.loglik[:, c:]).all()
   np.testing.assert_allclose(got.loglik[:, :c], want, rtol=0, atol=1e-3)

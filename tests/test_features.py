@@ -321,19 +321,6 @@ def test_kronecker_preserves_norm_in_expectation():
 
 
 @pytest.mark.parametrize("name", ["kronecker", "factored"])
-def test_kronecker_project_factors_equals_projecting_the_sum(name):
-  proj = features.make_projector(name, 5 * 7, 12, jax.random.key(2), in_shape=(5, 7))
-  rng = np.random.default_rng(0)
-  u, v = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 4, 7))
-  grads = np.einsum("nta,ntb->nab", u, v).reshape(3, 35)  # Σ_t u_tᵀ v_t
-  np.testing.assert_allclose(
-    proj.project_factors(u, v), grads @ dense_matrix(proj, 35), rtol=1e-4, atol=1e-5
-  )
-  with pytest.raises(ValueError, match="project_factors"):
-    proj.project_factors(v, u)
-
-
-@pytest.mark.parametrize("name", ["kronecker", "factored"])
 def test_kronecker_tree_projector_views_each_leaf_as_its_shape(name):
   params = mlp_params(jax.random.key(0))
   key = jax.random.key(9)

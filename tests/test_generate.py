@@ -26,7 +26,6 @@ from evoselect_jax.models import (
   load_checkpoint,
   sample_tokens,
 )
-from evoselect_jax.models import checkpoint as checkpoint_lib
 from evoselect_jax.models.generate import decode, encode_batch, generate_completions, prefill
 from evoselect_jax.registry import GENERATORS
 from evoselect_jax.types import MCQExample
@@ -361,12 +360,7 @@ def test_local_generator_text_format_on_random_model(tiny):
 # --- SmolLM2-135M-Instruct (Q4_1 GGUF) -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-  return load_checkpoint("smollm2-135m-instruct")
-
-
-def test_smollm2_greedy_matches_transformers_generate(smollm2):
+def test_smollm2_greedy_matches_transformers_generate(smollm2, smollm2_torch):
   messages = [{"role": "user", "content": "Explain in detail how photosynthesis works."}]
   prompt = chat_prompt(smollm2, messages)
   ids, mask = encode_batch(smollm2.tokenizer, [prompt], rows=1)  # Left-padded to 64.
@@ -375,14 +369,14 @@ def test_smollm2_greedy_matches_transformers_generate(smollm2):
   ours = generate_ids(
     smollm2.config, smollm2.params, None, ids, mask, key=jax.random.key(0), **options
   )
-  file = checkpoint_lib.resolve("smollm2-135m-instruct")
-  hf = transformers.AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name).eval()
   real = torch.tensor(ids[:, mask[0]], dtype=torch.long)  # transformers without padding
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # Several threads run ~10x slower on a busy 2-core CI machine.
   try:
     with torch.no_grad():
-      want = hf.generate(real, max_new_tokens=32, do_sample=False, eos_token_id=list(eos))
+      want = smollm2_torch.generate(
+        real, max_new_tokens=32, do_sample=False, eos_token_id=list(eos)
+      )
   finally:
     torch.set_num_threads(threads)
   want = want[0, real.shape[1] :].numpy()

@@ -242,26 +242,6 @@ class KroneckerProjector:
     y = (x.astype(self.right.dtype).reshape(n * a, b) @ self.right).reshape(n, a, r_b)
     return jnp.einsum("nas,ar->nrs", y, self.left).reshape(n, r_a * r_b)
 
-  def project_factors(self, u: jax.Array, v: jax.Array) -> jax.Array:
-    """The projection of ``X = Σ_t u_tᵀ v_t`` per example, without forming X.
-
-    Args:
-      u: [n, t, a] (e.g. a linear layer's inputs).
-      v: [n, t, b] (e.g. its output gradients).
-
-    Returns:
-      [n, r_a·r_b] = ``vec((u left)ᵀ (v right))``, equal to ``self(X.reshape(n, a·b))``.
-    """
-    (a, b), (r_a, r_b) = self.in_shape, self.out_shape
-    if u.shape[-1] != a or v.shape[-1] != b or u.shape[:-1] != v.shape[:-1]:
-      raise ValueError(
-        f"project_factors expects [n, t, {a}] and [n, t, {b}] factors, got {u.shape}, {v.shape}"
-      )
-    f32 = jnp.float32
-    ul = jnp.einsum("nta,ar->ntr", u.astype(f32), self.left)
-    vr = jnp.einsum("ntb,bs->nts", v.astype(f32), self.right)
-    return jnp.einsum("ntr,nts->nrs", ul, vr).reshape(u.shape[0], r_a * r_b)
-
 
 def _kronecker(
   in_dim: int,

