@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
+from scipy.special import logsumexp as scipy_lse
 from scipy.stats import spearmanr
 
 from evoselect_jax.ot import (
@@ -17,6 +18,7 @@ from evoselect_jax.ot import (
   ot_relevance_output,
   relevance,
 )
+from evoselect_jax.ot.geometry import logsumexp
 from evoselect_jax.registry import OT_SOLVERS
 from evoselect_jax.selectors import build_selector
 
@@ -342,6 +344,19 @@ def test_modes_match_pot(mode, cost):
   rows, cols = out.solution.marginals()
   np.testing.assert_allclose(rows, np.full(15, 1 / 15), atol=1e-6)
   np.testing.assert_allclose(cols, np.full(8, 1 / 8), atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_logsumexp_matches_scipy_with_inf_slices_and_large_values(axis):
+  x = 300.0 * np.random.default_rng(axis).normal(size=(37, 53))  # exp overflows float32
+  x[3, :] = x[:, 5] = -np.inf  # a row and a column that are all -inf
+  x[7, 9] = np.inf
+  out = np.asarray(logsumexp(jnp.asarray(x, jnp.float32), axis))
+  want = scipy_lse(x.astype(np.float32).astype(np.float64), axis=axis)
+  np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
+  np.testing.assert_array_equal(out[np.isinf(out)], want[np.isinf(want)])
+  finite = np.isfinite(want)
+  np.testing.assert_allclose(out[finite], want[finite], rtol=1e-6, atol=1e-4)
 
 
 def test_kernel_mode_is_stabilised_where_the_plain_kernel_underflows():

@@ -22,6 +22,8 @@ On CPU these dominate a solve. Here:
   once per product, and memory is O(batch_size m). ott-jax's own online transpose
   product maps over target columns instead, holding [n, batch_size] cost blocks and
   reading all n features once per block.
+- :class:`CostGeometry`: ott-jax's ``Geometry`` on a stored cost, whose log-domain
+  products run through :func:`logsumexp`.
 - :class:`ZeroSafeCosine`: ``1 - cos`` where a zero vector is at cost 1 from everything
   (ott-jax's ``Cosine`` adds a ridge to the norms instead, which biases small vectors).
 
@@ -61,6 +63,25 @@ class ZeroSafeCosine(costs.CostFn):
   def all_pairs(self, x: jax.Array, y: jax.Array) -> jax.Array:
     """Costs [n, m] between rows of ``x`` [n, d] and ``y`` [m, d], one matrix product."""
     return 1.0 - (x @ y.T) * inv_norm(x)[:, None] * inv_norm(y)[None, :]
+
+
+def logsumexp(x: jax.Array, axis: int) -> jax.Array:
+  """``log Σ exp(x)`` along ``axis`` (0 or 1) of ``x`` [n, m], stabilised by the slice max.
+
+  ``jax.scipy.special.logsumexp``'s formula (a slice all ``-inf`` gives ``-inf``), with
+  the row sums (``axis=1``) taken by a product with a vector of ones: on XLA:CPU (jax
+  0.10.2) a row sum fused with the elementwise ops after it, as the Sinkhorn updates
+  have, ran 4-5x slower than the same sum alone (100k x 500: 97 against 20 ms), which
+  made one lse iteration 175 ms against 124 ms this way. Column sums do not fuse so.
+  """
+  peak = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+  peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+  e = jnp.exp(x - peak)
+  if axis == 1:
+    total = jnp.dot(e, jnp.ones(x.shape[1], x.dtype), precision=jax.lax.Precision.HIGHEST)
+  else:
+    total = jnp.sum(e, axis=0)
+  return jnp.log(total) + jnp.squeeze(peak, axis)
 
 
 def _over_row_blocks(
@@ -139,12 +160,35 @@ class RowBlockPointCloud(pointcloud.PointCloud):
       f_blk = jax.lax.dynamic_slice_in_dim(f, start, rows)
       logits = (f_blk[:, None] + g[None, :] - self._cost_block(start, rows)) / eps
       if axis == 1:
-        lse = jax.scipy.special.logsumexp(logits, axis=1)
-        return jax.lax.dynamic_update_slice_in_dim(out, lse, start, 0)
-      return jnp.logaddexp(out, jax.scipy.special.logsumexp(logits, axis=0))
+        return jax.lax.dynamic_update_slice_in_dim(out, logsumexp(logits, 1), start, 0)
+      return jnp.logaddexp(out, logsumexp(logits, 0))
 
     init = jnp.full((n,) if axis == 1 else (m,), -jnp.inf, f.dtype)
     res = eps * _over_row_blocks(n, self._rows(), block, init)
+    remove = f if axis == 1 else g
+    return res - jnp.where(jnp.isfinite(remove), remove, 0), jnp.ones_like(res)
+
+
+@jtu.register_pytree_node_class
+class CostGeometry(geometry.Geometry):
+  """ott-jax's ``Geometry`` on a stored ``cost_matrix``, log-domain products by :func:`logsumexp`.
+
+  Only ``apply_lse_kernel`` without ``vec`` (the Sinkhorn updates) differs from
+  ott-jax's, and only in how the row sums are taken.
+  """
+
+  def apply_lse_kernel(
+    self,
+    f: jax.Array,
+    g: jax.Array,
+    eps: jax.Array | float,
+    vec: jax.Array | None = None,
+    axis: int = 0,
+  ) -> tuple[jax.Array, jax.Array]:
+    """``eps lse((f + g - C)/eps)`` along ``axis`` less ``f`` (``axis=1``) or ``g``, signs."""
+    if vec is not None:
+      return super().apply_lse_kernel(f, g, eps, vec, axis)
+    res = eps * logsumexp((f[:, None] + g[None, :] - self.cost_matrix) / eps, axis)
     remove = f if axis == 1 else g
     return res - jnp.where(jnp.isfinite(remove), remove, 0), jnp.ones_like(res)
 

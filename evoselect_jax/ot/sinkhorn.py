@@ -44,7 +44,6 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn as ott_sinkhorn
 
@@ -193,7 +192,7 @@ class SinkhornSolver:
     init: tuple[jax.Array, jax.Array] | None,
   ) -> DualSolution:
     """Log-domain updates on the stored cost."""
-    dense = geometry.Geometry(cost_matrix=cost, epsilon=problem.geom.epsilon)
+    dense = geometry_lib.CostGeometry(cost_matrix=cost, epsilon=problem.geom.epsilon)
     prob = linear_problem.LinearProblem(
       dense, problem.a, problem.b, tau_a=problem.tau_a, tau_b=problem.tau_b
     )
