@@ -50,6 +50,10 @@ def test_grads_stage_features_equal_the_peers(config):
     "whole_model_vs_less",
     "factored_vs_grad_then_project",
     "factored_vs_grad_then_project_sjlt",
+    "factored_xla_gflop",
+    "grad_then_project_xla_gflop",
+    "factored_fraction_of_matmul_peak",
+    "factored_vs_grad_then_project_at_matmul_peak",
   ):
     assert summary[key] > 0
   assert out["plot"]["labels"] == ["lora/tiny", "whole/tiny"]

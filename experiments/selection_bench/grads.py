@@ -30,11 +30,16 @@ projected with the same Kronecker matrix (``factored``/``kronecker`` projector,
 Rows: examples/s; model GFLOP/s (forward FLOPs of the dense layers, head and attention
 scores, times 2 for LoRA features (forward + input gradients) and 3 for whole-model
 ones (plus weight gradients), whatever a method actually computes); first-call seconds
-(JAX: compile, ``compile_s``); XLA's temporary buffer size for ours (``temp_mib``);
-the largest difference of our normalised features from each peer's (``max_abs_diff``)
-and the fraction of our rows of unit norm (``unit_rows``; 1 unless a gradient is 0).
+(JAX: compile, ``compile_s``); for ours, XLA's temporary buffer size (``temp_mib``) and
+the FLOPs XLA counts in the program (``xla_gflop``, ``xla_gflops`` per second): what a
+method does compute (e.g. the factored path has no weight gradients; scoring the answer
+positions only skips most of the head); the largest difference of our normalised
+features from each peer's (``max_abs_diff``) and the fraction of our rows of unit norm
+(``unit_rows``; 1 unless a gradient is 0).
 Timings are interleaved: each method's first call, then ``repeats`` rounds of one call
-of every method; medians.
+of every method; medians. The summary bounds the factored projection's speed-up over
+gradient-then-project on this machine: its XLA FLOPs at the measured matmul peak
+(``factored_vs_grad_then_project_at_matmul_peak``).
 """
 
 from __future__ import annotations
@@ -138,14 +143,22 @@ def compile_ours(c, params, lora, batch, projector, **static) -> tuple[Callable,
   """Compiles :func:`ours`; returns a blocking call giving numpy, and compile facts.
 
   Returns:
-    ``(call, info)``: ``info`` has ``compile_s`` (tracing and XLA compilation) and
-    ``temp_mib``, XLA's temporary buffers of the compiled program (None if unknown).
+    ``(call, info)``: ``info`` has ``compile_s`` (tracing and XLA compilation),
+    ``temp_mib``, XLA's temporary buffers of the compiled program, and ``xla_gflop``,
+    the FLOPs of one call by XLA's cost analysis (which counts a loop body once: times
+    the number of micro-batches); None where unknown.
   """
   start = time.perf_counter()
   compiled = ours.lower(c, params, lora, batch, projector, **static).compile()
   info = {"compile_s": time.perf_counter() - start}
   temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
   info["temp_mib"] = None if temp is None else temp / 2**20
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  n = batch["tokens"].shape[0]
+  chunks = -(-n // min(static["micro_batch"], n))
+  flops = (cost or {}).get("flops")
+  info["xla_gflop"] = None if flops is None else flops * chunks / 1e9
 
   def call():
     return np.asarray(jax.block_until_ready(compiled(params, lora, batch, projector)))
@@ -353,6 +366,7 @@ def _row(case, method, timing, n, flops, **extra) -> dict:
     "examples_per_s": n / median,
     "model_gflops": flops * n / median / 1e9,
     **extra,
+    **({"xla_gflops": extra["xla_gflop"] / median} if extra.get("xla_gflop") else {}),
   }
 
 
@@ -546,11 +560,29 @@ def _best(rows, case, prefix) -> dict:
   )
 
 
+def _peak_bound(rows, whole: str, gtp: dict, hw: dict[str, Any]) -> dict[str, Any]:
+  """What the factored projection could reach against ``gtp`` at the machine's matmul peak.
+
+  Its FLOPs (XLA's count) at ``hw['matmul_gflops']`` give the least time it could take;
+  the ratio of ``gtp``'s measured time to that bounds ``factored_vs_grad_then_project``
+  on this machine.
+  """
+  factored = next(r for r in rows if r["case"] == whole and r["method"] == "ours_factored")
+  if not (factored.get("xla_gflop") and gtp.get("xla_gflop")):
+    return {}
+  least_s = factored["xla_gflop"] / hw["matmul_gflops"]
+  return {
+    "factored_xla_gflop": factored["xla_gflop"],
+    "grad_then_project_xla_gflop": gtp["xla_gflop"],
+    "factored_fraction_of_matmul_peak": factored["xla_gflops"] / hw["matmul_gflops"],
+    "factored_vs_grad_then_project_at_matmul_peak": gtp["median_s"] / least_s,
+  }
+
+
 def run(cfg, hw: dict[str, Any], *, seed: int, repeats: int) -> dict[str, Any]:
   """Runs the LoRA cases and the whole-model case; see the module docstring."""
   import torch
 
-  del hw  # the stage reports model FLOP/s; the machine peaks are in the report's header
   previous, threads = torch.get_num_threads(), thread_counts(cfg)
   try:
     rows = []
@@ -577,6 +609,7 @@ def run(cfg, hw: dict[str, Any], *, seed: int, repeats: int) -> dict[str, Any]:
     "whole_model_best_ours": best[whole]["method"],
     "factored_vs_grad_then_project": gtp["median_s"] / factored,
     "grad_then_project_best": gtp["method"],
+    **_peak_bound(rows, whole, gtp, hw),
     **{
       f"factored_vs_grad_then_project_{kind}": _best(rows, whole, f"ours_gtp_{kind}")["median_s"]
       / factored
