@@ -84,6 +84,14 @@ def logsumexp(x: jax.Array, axis: int) -> jax.Array:
   return jnp.log(total) + jnp.squeeze(peak, axis)
 
 
+def _lse_output(
+  res: jax.Array, f: jax.Array, g: jax.Array, axis: int
+) -> tuple[jax.Array, jax.Array]:
+  """``apply_lse_kernel``'s output as ott-jax's: ``res`` less ``f`` (``axis=1``) or ``g``, signs."""
+  remove = f if axis == 1 else g
+  return res - jnp.where(jnp.isfinite(remove), remove, 0), jnp.ones_like(res)
+
+
 def _over_row_blocks(
   n: int,
   size: int,
@@ -164,9 +172,7 @@ class RowBlockPointCloud(pointcloud.PointCloud):
       return jnp.logaddexp(out, logsumexp(logits, 0))
 
     init = jnp.full((n,) if axis == 1 else (m,), -jnp.inf, f.dtype)
-    res = eps * _over_row_blocks(n, self._rows(), block, init)
-    remove = f if axis == 1 else g
-    return res - jnp.where(jnp.isfinite(remove), remove, 0), jnp.ones_like(res)
+    return _lse_output(eps * _over_row_blocks(n, self._rows(), block, init), f, g, axis)
 
 
 @jtu.register_pytree_node_class
@@ -189,8 +195,7 @@ class CostGeometry(geometry.Geometry):
     if vec is not None:
       return super().apply_lse_kernel(f, g, eps, vec, axis)
     res = eps * logsumexp((f[:, None] + g[None, :] - self.cost_matrix) / eps, axis)
-    remove = f if axis == 1 else g
-    return res - jnp.where(jnp.isfinite(remove), remove, 0), jnp.ones_like(res)
+    return _lse_output(res, f, g, axis)
 
 
 def dense_cost(geom: pointcloud.PointCloud) -> jax.Array:
