@@ -168,7 +168,8 @@ def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32") -> Check
 def _signature(source: Path) -> tuple:
   """(name, size, mtime) of the file, or of every file in the directory."""
   files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
-  return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+  stats = [(p.name, p.stat()) for p in files]
+  return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
 @functools.lru_cache(maxsize=CACHED_CHECKPOINTS)
