@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
 import platform
 import time
@@ -70,6 +71,9 @@ def main(argv):
   """Runs --config, writing under --out."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # On an accelerator the PyTorch peers and the online OT solve's child process share
+  # the device with this process: JAX takes what it uses, not 75% of it up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   run(_CONFIG.value, _OUT.value)
 
 

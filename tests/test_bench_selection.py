@@ -1,13 +1,16 @@
-"""The OT and diversity stages of experiments/bench_selection.py at smoke size.
+"""experiments/bench_selection.py at smoke size: the OT, diversity, end-to-end stages, driver.
 
 Each stage runs its own comparison against its peer; these tests check that ours and
 the peer's results agree (not their speed).
 """
 
+import json
+
 import numpy as np
 import pytest
 
 from configs.bench_selection import get_config
+from experiments import bench_selection
 from experiments.selection_bench import diversity as diversity_stage
 from experiments.selection_bench import end_to_end as end_to_end_stage
 from experiments.selection_bench import ot as ot_stage
@@ -114,3 +117,15 @@ def test_end_to_end_stage_selects_the_budget_deterministically(smoke):
   (row,) = out["rows"]
   assert (row["n"], row["m"], row["k"]) == (61, 7, 8)
   assert row["total_s"] > 0 and out["summary"]["end_to_end_s_61"] == row["total_s"]
+
+
+def test_the_driver_writes_the_report_with_both_machine_peaks(tmp_path):
+  """bench_selection.run: the machine's peaks (numpy's and JAX's device's), JSON, plot."""
+  report = bench_selection.run(get_config("size=smoke,stages=projection"), tmp_path)
+  machine = report["machine"]
+  for peak in ("copy_gbps", "matmul_gflops"):
+    both = [machine[f"{peak}_{side}"] for side in ("numpy", "jax")]
+    assert all(np.isfinite(both)) and min(both) > 0
+    assert machine[peak] == max(both)  # on an accelerator the device's, here the host's
+  assert json.loads((tmp_path / "bench_selection.json").read_text()) == report
+  assert (tmp_path / "bench_selection.png").stat().st_size > 0

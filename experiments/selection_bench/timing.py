@@ -65,32 +65,42 @@ def time_each(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict
 def measure_hardware(*, copy_mb: int, matmul_dim: int, repeats: int = 5) -> dict[str, Any]:
   """The machine's copy bandwidth and float32 matmul rate, measured now.
 
-  Copy: numpy ``np.copyto`` of ``copy_mb`` MiB (GB/s counts bytes read + written, as
-  STREAM's copy does). Matmul: ``[dim, dim] @ [dim, dim]`` float32 through numpy (BLAS)
-  and through XLA on JAX's default device; the larger is the peak we compare to.
+  Each through numpy on the host and through XLA on JAX's default device, the larger
+  being the peak we compare to (on a CPU numpy's, on an accelerator the device's).
+  Copy: ``copy_mb`` MiB, GB/s counting bytes read + written as STREAM's copy does
+  (numpy ``np.copyto``; XLA ``x + 1``, the same traffic, which XLA cannot elide).
+  Matmul: ``[dim, dim] @ [dim, dim]``.
 
   Returns:
-    ``copy_gbps``, ``matmul_gflops_numpy``, ``matmul_gflops_jax``, ``matmul_gflops``
-    (the max), ``device`` (JAX's default device kind) and ``num_devices``.
+    ``copy_gbps_numpy``, ``copy_gbps_jax``, ``copy_gbps`` (the max),
+    ``matmul_gflops_numpy``, ``matmul_gflops_jax``, ``matmul_gflops`` (the max),
+    ``device`` (JAX's default device kind) and ``num_devices``.
   """
   src = np.ones(copy_mb * 2**20 // 4, np.float32)
   dst = np.empty_like(src)
-  copy = time_each({"copy": lambda: np.copyto(dst, src)}, repeats)["copy"]
-  copy_gbps = 2 * src.nbytes / copy["min_s"] / 1e9
-
+  src_jax = jnp.asarray(src)
+  plus_one = jax.jit(lambda x: x + 1)
   a = np.random.default_rng(0).standard_normal((matmul_dim, matmul_dim), np.float32)
-  flops = 2 * matmul_dim**3
-  np_mm = time_each({"mm": lambda: a @ a}, repeats)["mm"]
   a_jax = jnp.asarray(a)
   mm = jax.jit(lambda x: x @ x)
-  jax_mm = time_each({"mm": lambda: mm(a_jax).block_until_ready()}, repeats)["mm"]
-  np_gflops = flops / np_mm["min_s"] / 1e9
-  jax_gflops = flops / jax_mm["min_s"] / 1e9
+  timed = time_each(
+    {
+      "copy_numpy": lambda: np.copyto(dst, src),
+      "copy_jax": lambda: plus_one(src_jax).block_until_ready(),
+      "matmul_numpy": lambda: a @ a,
+      "matmul_jax": lambda: mm(a_jax).block_until_ready(),
+    },
+    repeats,
+  )
+  copy = {k: 2 * src.nbytes / timed[f"copy_{k}"]["min_s"] / 1e9 for k in ("numpy", "jax")}
+  flops = {k: 2 * matmul_dim**3 / timed[f"matmul_{k}"]["min_s"] / 1e9 for k in ("numpy", "jax")}
   return {
-    "copy_gbps": copy_gbps,
-    "matmul_gflops_numpy": np_gflops,
-    "matmul_gflops_jax": jax_gflops,
-    "matmul_gflops": max(np_gflops, jax_gflops),
+    "copy_gbps_numpy": copy["numpy"],
+    "copy_gbps_jax": copy["jax"],
+    "copy_gbps": max(copy.values()),
+    "matmul_gflops_numpy": flops["numpy"],
+    "matmul_gflops_jax": flops["jax"],
+    "matmul_gflops": max(flops.values()),
     "device": jax.devices()[0].device_kind,
     "num_devices": jax.device_count(),
   }
