@@ -121,13 +121,14 @@ def benchmark_config(
   c.selector = dict(name="evoselect")
   c.baselines = ("random", "less", "gotd")
   c.finetune = dict(steps=100, batch_size=16, learning_rate=2e-4, replay=True)
-  c.eval = dict(batch_size=32)
+  c.eval = dict(batch_tokens=2048, min_length=64)  # packed scoring (loop.evaluate)
 
   if size == "cpu":
     # Measured on 2 shared CPU cores (load ~7), one round of this size with gen=weak:
     # generating 48 records 4.1 min, per-example gradients of 48 + 16 targets 3.8 min,
-    # 8 training steps 1.8 min, evaluating 100 test questions 7.4 min (eval is 4
-    # options x max_len tokens per question: hence 50 here). The whole run, 31 min.
+    # 8 training steps 1.8 min, evaluating 100 test questions 7.4 min (one padded row
+    # per option then; packed scoring takes ~7 s for 50 on a quiet machine). The whole
+    # run, 31 min.
     c.rounds = 2
     c.pool_size = 48  # 3 batches of 16 prompts
     c.budget = 8
@@ -138,7 +139,6 @@ def benchmark_config(
     c.features.update(micro_batch=8, projector=dict(name="rademacher", out_dim=512))
     c.baselines = ("random",)
     c.finetune.update(steps=8, batch_size=4)
-    c.eval.batch_size = 16
   if size == "smoke":
     c.rounds = 1
     # The weak generator keeps about 45% of its items (6 of this pool's 16): 16 make a
@@ -152,5 +152,4 @@ def benchmark_config(
     c.features.update(micro_batch=4, projector=dict(name="rademacher", out_dim=64))
     c.baselines = ("random",)
     c.finetune.update(steps=1, batch_size=2)
-    c.eval.batch_size = 8
   return c

@@ -65,7 +65,7 @@ def get_config(arg=None):
   c.selector = dict(name="evoselect")
   c.baselines = ("random",)
   c.finetune = dict(steps=150, batch_size=32, learning_rate=3e-3, replay=True)
-  c.eval = dict(batch_size=256)
+  c.eval = dict(batch_tokens=8192, min_length=16)  # packed scoring (loop.evaluate)
   c.mesh = dict(data=-1, model=1)  # devices: -1 = all (pool and batches split over data)
   c.on_small_pool = "select_all"  # fewer valid candidates than the budget: select_all | fail
   c.ot_on_nonconvergence = "warn"  # an OT selector's solve did not converge: warn | fail
@@ -80,6 +80,6 @@ def get_config(arg=None):
     c.warmup.update(examples=128, steps=10, batch_size=16)
     c.features.update(micro_batch=32, projector=dict(name="rademacher", out_dim=32))
     c.finetune.update(steps=5, batch_size=8)
-    c.eval.batch_size = 64
+    c.eval.batch_tokens = 2048
     c.mesh = dict(data=1, model=1)  # one device (tests/test_sharding.py checks data=8)
   return c

@@ -24,7 +24,7 @@ import numpy as np
 from evoselect_jax import distributed, sharding
 from evoselect_jax import features as features_lib
 from evoselect_jax.data import clean as clean_lib
-from evoselect_jax.eval import mcqa, prompts
+from evoselect_jax.eval import packed, prompts
 from evoselect_jax.models import llama
 from evoselect_jax.train import losses, optim
 from evoselect_jax.types import MCQExample
@@ -327,9 +327,19 @@ def finetune(
   return dataclasses.replace(learner, lora=out.trainable, opt_state=out.opt_state)
 
 
-def evaluate(learner: Learner, encoded_test, *, batch_size: int) -> dict[str, float]:
-  """MCQA accuracy by option log-likelihood (``acc``, ``acc_norm``) on the held-out split."""
-  out = mcqa.mcqa_accuracy(learner.logits_fn(), encoded_test, batch_size=batch_size)
+def evaluate(
+  learner: Learner, encoded_test, *, batch_tokens: int, min_length: int
+) -> dict[str, float]:
+  """MCQA accuracy by option log-likelihood (``acc``, ``acc_norm``) on the held-out split.
+
+  ``encoded_test`` is :func:`~evoselect_jax.eval.encode_packed`'s: each question's options
+  are scored after one pass over its prompt
+  (:func:`~evoselect_jax.eval.packed_mcqa_accuracy`, ``batch_tokens`` tokens per forward
+  pass, rows padded to powers of two from ``min_length``).
+  """
+  out = packed.packed_mcqa_accuracy(
+    learner.logits_fn(), encoded_test, batch_tokens=batch_tokens, min_length=min_length
+  )
   return {"acc": float(out.acc), "acc_norm": float(out.acc_norm)}
 
 

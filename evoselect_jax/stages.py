@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from evoselect_jax import atomic_io, loop, report
-from evoselect_jax.eval import prompts
+from evoselect_jax.eval import packed, prompts
 from evoselect_jax.features import make_tree_projector
 from evoselect_jax.generators.jsonl import JsonlGenerator
 from evoselect_jax.generators.openai import GeneratorError
@@ -157,7 +157,7 @@ class Walk:
     key_init, key_warmup, key_proj, key_rounds = jax.random.split(jax.random.key(seed), 4)
     model = MODELS.build(config.model, task=self.task, key=key_init)
     tokenizer = model.tokenizer
-    test = prompts.encode_for_scoring(tokenizer, self.task.test, config.max_len, config.max_choices)
+    test = packed.encode_packed(tokenizer, self.task.test, config.max_len, config.max_choices)
     target = prompts.encode_for_training(tokenizer, self.task.target, config.max_len)
     params = model.params
     if config.warmup.steps:
@@ -183,7 +183,7 @@ class Walk:
       self.stages.load()
     else:
       self.stages.begin("evaluate", _where(seed, 0))
-      acc0 = loop.evaluate(base, test, batch_size=config.eval.batch_size)
+      acc0 = loop.evaluate(base, test, **config.eval)
       atomic_io.write_json(path, acc0)
     log_acc = f"test acc {acc0['acc']:.3f} (acc_norm {acc0['acc_norm']:.3f})"
     self.log(f"seed {seed}, before round 1: {log_acc}")
@@ -371,7 +371,7 @@ class Walk:
 
     self.stages.begin("evaluate", where)
     t0 = time.perf_counter()
-    evaluated = loop.evaluate(learner, s.test, batch_size=config.eval.batch_size)
+    evaluated = loop.evaluate(learner, s.test, **config.eval)
     seconds["evaluate"] = time.perf_counter() - t0
     metrics = loop.round_metrics(evaluated, pool, feats, selection, chosen, seconds)
     row = {"seed": s.seed, "method": name, "round": rnd, **metrics}

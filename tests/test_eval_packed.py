@@ -122,15 +122,23 @@ def test_encode_packed_layout():
   assert enc["tokens"][0].tolist() == prompt + conts[0] + conts[1]
   assert enc["segment"][0].tolist() == [0] * p + [1] * o1 + [2] * o2
   assert enc["positions"][0].tolist() == [*range(p), *range(p, p + o1), *range(p, p + o2)]
-  assert enc["source"][0, p:].tolist() == [p - 1, p, p + 1, p + 2, p - 1]
+  # Position p - 1 scores both options' first tokens, each other token the one before.
+  assert enc["logits_at"][0].tolist() == [
+    p - 1,
+    *range(p, p + o1 - 1),
+    *range(p + o1, p + o1 + o2 - 1),
+  ]
+  scoring = enc["logits_at"][0][enc["source"][0, p:]]
+  assert scoring.tolist() == [p - 1, p, p + 1, p + 2, p - 1]
+  assert enc["num_scored"].tolist() == [o1 + o2 - 1]
   assert enc["length"].tolist() == [p + o1 + o2]
   assert enc["choice_mask"].tolist() == [[True, True, False]]
   assert enc["cont_chars"].tolist() == [[14, 4, 1]] and enc["answer"].tolist() == [1]
 
 
 def test_encode_packed_errors():
-  with pytest.raises(ValueError, match="'b' packs to 34 tokens > max_len=33"):
-    encode_packed(TOKENIZER, EXAMPLES, max_len=33, max_choices=4)
+  with pytest.raises(ValueError, match="'b' option 1 needs 29 tokens > max_len=28"):
+    encode_packed(TOKENIZER, EXAMPLES, max_len=28, max_choices=4)
   with pytest.raises(ValueError, match="'b' has 4 choices > max_choices=3"):
     encode_packed(TOKENIZER, EXAMPLES, max_len=64, max_choices=3)
   with pytest.raises(ValueError, match="Got 1 exemplar lists for 5 examples"):
@@ -175,7 +183,9 @@ def test_packed_matches_rows(weights, use_lora, shots):
 def test_packed_refuses_other_models():
   packed = encode_packed(TOKENIZER, EXAMPLES[:2], 64, 4)
   with pytest.raises(ValueError, match="needs a logits_fn that runs .*Attention"):
-    packed_mcqa_accuracy(lambda t, m: jnp.zeros((*t.shape, CONFIG.vocab_size)), packed)
+    packed_mcqa_accuracy(
+      lambda t, m, logits_at: jnp.zeros((*logits_at.shape, CONFIG.vocab_size)), packed
+    )
 
 
 def hf_tokenizer(pad):

@@ -6,15 +6,18 @@ C times. Here an example is one row ``[prompt, option 1, ..., option C]``: optio
 tokens attend to the prompt and to their own earlier tokens only, and take the positions
 they would have right after the prompt, so each option's log-likelihood is the one its own
 ``[prompt + option]`` row gives (same tokens, same RoPE positions, same visible keys). The
-first token of every option is scored by the logits at the prompt's last position.
+first token of every option is scored by the logits at the prompt's last position. Only
+the positions that score an option token get logits (``logits_at`` of
+:class:`~evoselect_jax.models.llama.Llama`): the last block's queries, its MLP and the
+head run there only, which skips most of the head on a long prompt.
 
 Rows are grouped by length into power-of-two buckets (at least ``min_length``) and each
 bucket is run in batches of ``batch_tokens // length`` rows, the last one shrunk to the
 power of two that holds the rest: a row pads to less than twice its length, a batch to
-less than twice its rows, and a bucket compiles a few batch shapes (powers of two) that
-every split scored with the same model shares (Gao et al. 2021, "A framework for
-few-shot language model evaluation", for the scores; packing is the prefix-sharing of
-batched inference servers).
+less than twice its rows, its scored positions to less than twice theirs, and a bucket
+compiles a few shapes (powers of two) that every split scored with the same model
+shares (Gao et al. 2021, "A framework for few-shot language model evaluation", for the
+scores; packing is the prefix-sharing of batched inference servers).
 
 The block mask and positions reach the model through a Flax method interceptor on
 :class:`evoselect_jax.models.llama.Attention`, whose ``__call__(x, tables, mask, ...)``
@@ -38,6 +41,7 @@ from evoselect_jax.eval.prompts import (
   Tokenizer,
   check_choices,
   check_exemplars,
+  check_pair_length,
   encode_continuation,
   encode_prompt,
 )
@@ -64,17 +68,21 @@ def encode_packed(
   Args:
     tokenizer: the scoring model's tokenizer.
     examples: n labelled examples.
-    max_len: the longest row allowed; a longer example raises.
+    max_len: the most tokens of a prompt + one option (as in ``encode_for_scoring``); a
+      longer pair raises.
     max_choices: C, the option slots per example.
     exemplars: ``None`` for zero-shot, else each example's few-shot exemplars.
 
   Returns:
     ``tokens int32[n, T]`` (right-padded with ``pad_id``), ``segment int32[n, T]`` (0 on
     the prompt, j + 1 on option j, -1 on padding), ``positions int32[n, T]`` (option
-    tokens continue from the prompt's end), ``source int32[n, T]`` (the position whose
-    logits score each option token; 0 elsewhere), ``length int32[n]``, ``choice_mask
-    bool[n, C]``, ``answer int32[n]`` and ``cont_chars float32[n, C]`` (characters of each
-    option; 1 on padding options), with T the longest row.
+    tokens continue from the prompt's end), ``logits_at int32[n, S]`` (the positions
+    whose logits score an option token, in order; 0 after the row's ``num_scored``),
+    ``source int32[n, T]`` (the index into ``logits_at`` of the position that scores each
+    option token; 0 elsewhere), ``num_scored int32[n]``, ``length int32[n]``,
+    ``choice_mask bool[n, C]``, ``answer int32[n]`` and ``cont_chars float32[n, C]``
+    (characters of each option; 1 on padding options), with T the longest row and S the
+    most scored positions of a row.
   """
   n, c = len(examples), max_choices
   if n == 0:
@@ -89,38 +97,41 @@ def encode_packed(
     answer[i] = ex.answer
     prompt = encode_prompt(tokenizer, ex, shots[i])
     conts = [encode_continuation(tokenizer, ex, j) for j in range(len(ex.choices))]
-    length = len(prompt) + sum(map(len, conts))
-    if length > max_len:
-      raise ValueError(
-        f"Example {ex.id!r} packs to {length} tokens > max_len={max_len}; raise max_len or "
-        "drop the example"
-      )
+    for j, cont in enumerate(conts):
+      check_pair_length(ex, j, len(prompt) + len(cont), max_len)
     rows.append((prompt, conts))
     choice_mask[i, : len(ex.choices)] = True
     # lm-eval-harness divides by len(choice) in characters, without the leading space.
     cont_chars[i, : len(ex.choices)] = [len(choice) for choice in ex.choices]
   t = max(len(p) + sum(map(len, cs)) for p, cs in rows)
+  # The prompt's last position scores every option's first token; each other option
+  # token is scored by the position before it.
+  num_scored = np.array([1 + sum(len(cont) - 1 for cont in cs) for _, cs in rows], np.int32)
   tokens = np.full((n, t), tokenizer.pad_id, np.int32)
   segment = np.full((n, t), PAD_SEGMENT, np.int32)
   positions = np.zeros((n, t), np.int32)
+  logits_at = np.zeros((n, num_scored.max()), np.int32)
   source = np.zeros((n, t), np.int32)
   length = np.zeros(n, np.int32)
   for i, (prompt, conts) in enumerate(rows):
     p = len(prompt)
     tokens[i, :p], segment[i, :p], positions[i, :p] = prompt, 0, np.arange(p)
-    start = p
+    logits_at[i, 0], scored, start = p - 1, 1, p
     for j, cont in enumerate(conts):
-      span = slice(start, start + len(cont))
+      span, inner = slice(start, start + len(cont)), len(cont) - 1
       tokens[i, span], segment[i, span] = cont, j + 1
       positions[i, span] = p + np.arange(len(cont))
-      source[i, span] = [p - 1, *range(start, start + len(cont) - 1)]
-      start += len(cont)
+      logits_at[i, scored : scored + inner] = np.arange(start, start + inner)
+      source[i, span] = [0, *range(scored, scored + inner)]
+      scored, start = scored + inner, start + len(cont)
     length[i] = start
   return {
     "tokens": tokens,
     "segment": segment,
     "positions": positions,
+    "logits_at": logits_at,
     "source": source,
+    "num_scored": num_scored,
     "length": length,
     "choice_mask": choice_mask,
     "answer": answer,
@@ -164,6 +175,7 @@ def _packed_logliks(
   tokens: jax.Array,
   segment: jax.Array,
   positions: jax.Array,
+  logits_at: jax.Array,
   source: jax.Array,
   num_choices: int,
 ) -> jax.Array:
@@ -174,21 +186,22 @@ def _packed_logliks(
   mask = jnp.tril(jnp.ones((t, t), bool))[None] & visible & real[:, None, :]  # [b, q, k]
   calls: list[str] = []
   with nn.intercept_methods(_packed_attention(positions, mask, calls)):
-    logits = merge_callable(logits_static, logits_arrays)(tokens, real)  # [b, t, V]
+    logits_fn = merge_callable(logits_static, logits_arrays)
+    logits = logits_fn(tokens, real, logits_at=logits_at)  # [b, s, V]
   if not calls:
     raise ValueError(
       "packed scoring needs a logits_fn that runs evoselect_jax.models.llama.Attention "
       "(e.g. functools.partial(llama.apply, config, params, lora)), not wrapped in jax.jit"
     )
   rows = jnp.arange(tokens.shape[0])[:, None]
-  lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)  # [b, t]
+  lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)  # [b, s]
   logp = logits[rows, source, tokens].astype(jnp.float32) - lse[rows, source]  # [b, t]
   option = segment[..., None] == jnp.arange(1, num_choices + 1)  # [b, t, C]
   return jnp.sum(jnp.where(option, logp[..., None], 0.0), axis=1)
 
 
 def packed_mcqa_accuracy(
-  logits_fn: Callable[[jax.Array, jax.Array], jax.Array],
+  logits_fn: Callable[..., jax.Array],
   encoded: dict[str, np.ndarray],
   *,
   batch_tokens: int = 2048,
@@ -197,10 +210,10 @@ def packed_mcqa_accuracy(
   """Scores every option of every packed example and reports acc and acc_norm.
 
   Args:
-    logits_fn: ``logits_fn(tokens int32[b, T], attention_mask bool[b, T]) -> [b, T, V]``
-      running :class:`~evoselect_jax.models.llama.Llama`, as a partial application of
-      :func:`evoselect_jax.models.llama.apply` (not wrapped in ``jax.jit``: its arrays are
-      traced, so new weights reuse the compiled programs).
+    logits_fn: ``logits_fn(tokens int32[b, T], attention_mask bool[b, T], logits_at=
+      int32[b, S]) -> [b, S, V]`` running :class:`~evoselect_jax.models.llama.Llama`, as a
+      partial application of :func:`evoselect_jax.models.llama.apply` (not wrapped in
+      ``jax.jit``: its arrays are traced, so new weights reuse the compiled programs).
     encoded: the output of :func:`encode_packed`.
     batch_tokens: tokens per forward pass (rows x bucket length); a bucket longer than
       this runs one row at a time.
@@ -219,9 +232,16 @@ def packed_mcqa_accuracy(
   loglik = np.zeros((n, c), np.float32)
   for length in np.unique(buckets):
     rows = np.flatnonzero(buckets == length)
+    scored = int(_next_power_of_two(np.asarray(encoded["num_scored"])[rows].max()))
     fields = [
-      _pad_columns(np.asarray(encoded[k])[rows], length, fill)
-      for k, fill in (("tokens", 0), ("segment", PAD_SEGMENT), ("positions", 0), ("source", 0))
+      _pad_columns(np.asarray(encoded[k])[rows], width, fill)
+      for k, width, fill in (
+        ("tokens", length, 0),
+        ("segment", length, PAD_SEGMENT),
+        ("positions", length, 0),
+        ("logits_at", scored, 0),
+        ("source", length, 0),
+      )
     ]
     scores = [
       _packed_logliks(logits_static, logits_arrays, *(f[batch] for f in fields), num_choices=c)

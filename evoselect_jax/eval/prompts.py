@@ -124,12 +124,17 @@ def _encode_pair(
   """``(ids, n_prompt)``: bos + prompt + continuation ids; the first n_prompt are context."""
   prompt = encode_prompt(tokenizer, example, exemplars)
   cont = encode_continuation(tokenizer, example, choice)
-  if len(prompt) + len(cont) > max_len:
-    raise ValueError(
-      f"Example {example.id!r} option {choice} needs {len(prompt) + len(cont)} tokens "
-      f"> max_len={max_len}; raise max_len or drop the example"
-    )
+  check_pair_length(example, choice, len(prompt) + len(cont), max_len)
   return prompt + cont, len(prompt)
+
+
+def check_pair_length(example: MCQExample, choice: int, length: int, max_len: int) -> None:
+  """Raises if prompt + option ``choice`` (``length`` tokens) exceeds ``max_len``."""
+  if length > max_len:
+    raise ValueError(
+      f"Example {example.id!r} option {choice} needs {length} tokens > max_len={max_len}; "
+      "raise max_len or drop the example"
+    )
 
 
 def check_choices(example: MCQExample, max_choices: int) -> None:
