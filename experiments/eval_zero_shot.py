@@ -48,7 +48,7 @@ _MODEL = flags.DEFINE_string(
 _TASKS = flags.DEFINE_list("tasks", list(TASKS), "Benchmarks to evaluate.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Score only the first N items of each task.")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 2048, "Tokens per forward pass.")
-_MAX_LEN = flags.DEFINE_integer("max_len", 2048, "Longest packed example; longer ones raise.")
+_MAX_LEN = flags.DEFINE_integer("max_len", 2048, "Most tokens of a prompt + option; more raise.")
 _OUT = flags.DEFINE_string("out", None, "JSON file to write.")
 flags.mark_flag_as_required("out")
 
