@@ -124,11 +124,10 @@ def benchmark_config(
   c.eval = dict(batch_tokens=2048, min_length=64)  # packed scoring (loop.evaluate)
 
   if size == "cpu":
-    # Measured on 2 shared CPU cores (load ~7), one round of this size with gen=weak:
-    # generating 48 records 4.1 min, per-example gradients of 48 + 16 targets 3.8 min,
-    # 8 training steps 1.8 min, evaluating 100 test questions 7.4 min (one padded row
-    # per option then; packed scoring takes ~7 s for 50 on a quiet machine). The whole
-    # run, 31 min.
+    # Measured on 2 CPU cores (load ~1), one round of this size with gen=weak: generating
+    # 48 records 1.3-1.5 min; per method, per-example gradients of the pool + 16 targets
+    # 40-64 s, 8 training steps 20-34 s, evaluating the 50 test questions 6 s (packed;
+    # 7.4 min for 100 with a padded row per option, at load ~7). The whole run, 9.2 min.
     c.rounds = 2
     c.pool_size = 48  # 3 batches of 16 prompts
     c.budget = 8
