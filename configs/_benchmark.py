@@ -120,7 +120,8 @@ def benchmark_config(
   )
   c.selector = dict(name="evoselect")
   c.baselines = ("random", "less", "gotd")
-  c.finetune = dict(steps=100, batch_size=16, learning_rate=2e-4, replay=True)
+  # min_length: batches cut to their longest row rounded up to a power of two, at least this
+  c.finetune = dict(steps=100, batch_size=16, learning_rate=2e-4, replay=True, min_length=64)
   c.eval = dict(batch_tokens=2048, min_length=64)  # packed scoring (loop.evaluate)
 
   if size == "cpu":

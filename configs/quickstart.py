@@ -64,7 +64,8 @@ def get_config(arg=None):
 
   c.selector = dict(name="evoselect")
   c.baselines = ("random",)
-  c.finetune = dict(steps=150, batch_size=32, learning_rate=3e-3, replay=True)
+  # min_length: batches cut to their longest row rounded up to a power of two, at least this
+  c.finetune = dict(steps=150, batch_size=32, learning_rate=3e-3, replay=True, min_length=64)
   c.eval = dict(batch_tokens=8192, min_length=16)  # packed scoring (loop.evaluate)
   c.mesh = dict(data=-1, model=1)  # devices: -1 = all (pool and batches split over data)
   c.on_small_pool = "select_all"  # fewer valid candidates than the budget: select_all | fail

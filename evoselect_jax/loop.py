@@ -308,10 +308,14 @@ def finetune(
 ) -> Learner:
   """Trains the LoRA adapters on ``data`` (training encodings) with AdamW.
 
-  With a ``layout``, each batch is split over its ``data`` axis (data parallel).
+  Each batch is cut to its longest row rounded up to a power of two, at least
+  ``cfg.min_length`` (:func:`~evoselect_jax.train.losses.crop_padding`). With a
+  ``layout``, each batch is split over its ``data`` axis (data parallel).
   """
   optimizer = finetune_optimizer(cfg)
   num_scored = losses.num_scored(data["loss_mask"])
+  # scored_positions reads num_scored of the t - 1 predicting positions
+  min_length = max(cfg.min_length, num_scored + 1)
   out = optim.fit(
     functools.partial(_batch_loss, learner.config, learner.params, num_scored),
     learner.lora,
@@ -323,6 +327,7 @@ def finetune(
     desc=desc,
     progress=progress,
     batch_sharding=None if layout is None else layout.sharding("rows"),
+    crop=functools.partial(losses.crop_padding, min_length=min_length),
   )
   return dataclasses.replace(learner, lora=out.trainable, opt_state=out.opt_state)
 

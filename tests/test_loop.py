@@ -82,7 +82,7 @@ def test_adam_preconditioner_only_for_candidates_after_training(setup):
     learner,
     jax.tree.map(np.asarray, encoded),
     key=jax.random.key(4),
-    cfg=ml_collections.ConfigDict(dict(steps=3, batch_size=4, learning_rate=1e-2)),
+    cfg=ml_collections.ConfigDict(dict(steps=3, batch_size=4, learning_rate=1e-2, min_length=8)),
     progress=False,
   )
   cand, used = loop._features(trained, encoded, projector, cfg, candidates=True)

@@ -17,7 +17,7 @@ from evoselect_jax.train import (
   token_logprobs,
   token_losses,
 )
-from evoselect_jax.train.losses import batch_losses, num_scored
+from evoselect_jax.train.losses import batch_losses, crop_padding, num_scored
 
 CONFIG = LlamaConfig(
   vocab_size=29,
@@ -239,3 +239,48 @@ def test_scored_losses_and_gradients_equal_the_full_logits():
   want = jax.jit(jax.grad(total, argnums=(0, 1)), static_argnums=2)(params, lora, None)
   got = jax.jit(jax.grad(total, argnums=(0, 1)), static_argnums=2)(params, lora, num)
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got, want)
+
+
+def test_crop_padding_keeps_every_real_token_and_the_losses():
+  rng = np.random.default_rng(0)
+  lengths = np.array([5, 19, 9])
+  t = 40
+  real = np.arange(t)[None] < lengths[:, None]
+  data = {
+    "tokens": np.where(real, rng.integers(1, CONFIG.vocab_size, (3, t)), 0).astype(np.int32),
+    "attention_mask": real,
+    "loss_mask": real & (np.arange(t)[None] >= lengths[:, None] - 3),
+  }
+  cropped = crop_padding(data, min_length=8)
+  assert {x.shape for x in cropped.values()} == {(3, 32)}  # 19 -> 32
+  assert crop_padding({k: v[:1] for k, v in data.items()}, 8)["tokens"].shape == (1, 8)
+  assert crop_padding(data, min_length=64)["tokens"].shape == (3, 40)  # at most t
+  params, lora = init(CONFIG, jax.random.key(0))
+  losses = jax.jit(batch_losses, static_argnums=(0, 4))
+  want = losses(CONFIG, params, lora, jax.tree.map(jnp.asarray, data), 8)
+  got = losses(CONFIG, params, lora, jax.tree.map(jnp.asarray, cropped), 8)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="crop_padding needs \\[b, t\\] arrays"):
+    crop_padding({**data, "answer": np.zeros(3)}, min_length=8)
+
+
+def test_fit_trains_on_the_cropped_batches():
+  seen = []
+
+  def crop(batch):
+    seen.append(batch["x"].shape)
+    return {"x": batch["x"][:, :1]}
+
+  # The gradient is the cropped batch's sum (2, not 6): w goes 0 -> -2 -> -4.
+  out = fit(
+    lambda w, batch: w * batch["x"].sum(),
+    jnp.float32(0.0),
+    {"x": np.ones((4, 3), np.float32)},
+    steps=2,
+    batch_size=2,
+    optimizer=optax.sgd(1.0),
+    key=jax.random.key(0),
+    progress=False,
+    crop=crop,
+  )
+  assert seen == [(2, 3), (2, 3)] and float(out.trainable) == -4.0

@@ -41,6 +41,25 @@ def token_losses(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> 
   return nll.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
 
 
+def crop_padding(batch: dict[str, np.ndarray], min_length: int) -> dict[str, np.ndarray]:
+  """A right-padded host batch without the padding columns that no row needs.
+
+  Every array is [b, t] (``tokens``, ``attention_mask``, ``loss_mask``, as
+  :func:`~evoselect_jax.eval.prompts.encode_for_training` pads them) and is cut to the
+  longest row's real tokens rounded up to a power of two, at least ``min_length`` (at
+  most t): a few widths, each compiled once. Causal attention never looks right, so
+  the losses are unchanged (up to float rounding).
+  """
+  t = batch["attention_mask"].shape[1]
+  shapes = {name: np.shape(x) for name, x in batch.items()}
+  if any(len(shape) != 2 or shape[1] != t for shape in shapes.values()):
+    raise ValueError(f"crop_padding needs [b, t] arrays with one t, got shapes {shapes}")
+  real = np.flatnonzero(np.asarray(batch["attention_mask"], bool).any(0))
+  longest = int(real[-1]) + 1 if real.size else 1
+  width = min(t, max(min_length, 1 << (longest - 1).bit_length()))
+  return {name: np.asarray(x)[:, :width] for name, x in batch.items()}
+
+
 def num_scored(loss_mask: np.ndarray, multiple: int = 8) -> int:
   """How many positions per row :func:`batch_losses` must score for this (host) batch.
 

@@ -129,6 +129,7 @@ def fit(
   desc: str = "train",
   progress: bool = True,
   batch_sharding: jax.sharding.NamedSharding | None = None,
+  crop: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> FitOutput:
   """Minimises ``loss_fn`` over mini-batches of ``data`` for ``steps`` steps.
 
@@ -157,6 +158,9 @@ def fit(
       (data parallel: XLA splits the step over its mesh and all-reduces the gradients;
       ``batch_size`` must divide by the mesh axis); the parameters and the optimizer
       state are replicated on the same mesh.
+    crop: ``None``, or a host function applied to each gathered batch before it goes to
+      the devices (e.g. :func:`~evoselect_jax.train.losses.crop_padding`); each batch
+      shape it returns compiles the step once.
 
   Returns:
     A :class:`FitOutput`.
@@ -181,6 +185,8 @@ def fit(
   def put(batch: dict[str, np.ndarray]) -> Any:
     return batch if batch_sharding is None else sharding.put(batch, batch_sharding)
 
+  crop = crop or (lambda batch: batch)
+
   indices = batch_indices(key, n, steps, batch_size)
   losses = np.zeros(steps, np.float32)
   with tqdm(total=steps, desc=desc, disable=not progress) as bar:
@@ -200,7 +206,7 @@ def fit(
         optimizer,
         trainable,
         opt_state,
-        put({name: x[indices[step]] for name, x in data.items()}),
+        put(crop({name: x[indices[step]] for name, x in data.items()})),
       )
       if pending is not None:  # Read the previous loss while this step runs.
         record(step - 1, pending)
