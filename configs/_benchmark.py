@@ -126,9 +126,10 @@ def benchmark_config(
 
   if size == "cpu":
     # Measured on 2 CPU cores (load ~1), one round of this size with gen=weak: generating
-    # 48 records 1.3-1.5 min; per method, per-example gradients of the pool + 16 targets
-    # 40-64 s, 8 training steps 20-34 s, evaluating the 50 test questions 6 s (packed;
-    # 7.4 min for 100 with a padded row per option, at load ~7). The whole run, 9.2 min.
+    # 48 records 1.5 min; per method, per-example gradients of the pool + 16 targets
+    # 45-62 s, 8 training steps 11-13 s (35 s with the first compiles; 20-34 s before the
+    # batches were cut to their rows), evaluating the 50 test questions 7 s (packed; 7.4
+    # min for 100 with a padded row per option, at load ~7). The whole run, 9.5 min.
     c.rounds = 2
     c.pool_size = 48  # 3 batches of 16 prompts
     c.budget = 8
