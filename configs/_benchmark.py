@@ -116,6 +116,7 @@ def benchmark_config(
     last_k=1,
     preconditioner="sgd",
     micro_batch=16,
+    min_length=32,  # rows cropped as finetune.min_length, in chunks of similar length
     projector=dict(name="rademacher", out_dim=2048),
   )
   c.selector = dict(name="evoselect")

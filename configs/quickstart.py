@@ -59,6 +59,7 @@ def get_config(arg=None):
     last_k=1,  # blocks for last_k_layers
     preconditioner="sgd",  # sgd | adam (LESS; candidates only, from round 2 on)
     micro_batch=64,
+    min_length=64,  # rows cropped as finetune.min_length, in chunks of similar length
     projector=dict(name="rademacher", out_dim=256),
   )
 

@@ -6,8 +6,8 @@ for one method's learner (:func:`featurize_round`, :func:`select_round`,
 :func:`finetune`, :func:`evaluate`), so :mod:`evoselect_jax.experiment` can save each
 stage's output and resume between them. Each takes an optional sharding layout
 (:mod:`evoselect_jax.sharding`). Shapes are static across rounds (the pool is padded to
-``pool_size`` rows with a mask; training gathers fixed-size batches), so nothing
-recompiles after the first round.
+``pool_size`` rows with a mask; features and training run on rows cropped to a few
+power-of-two widths), so little recompiles after the first round.
 """
 
 from __future__ import annotations
@@ -251,38 +251,87 @@ def example_embeddings(config, params, lora, encoded, *, micro_batch: int) -> ja
   return _map_chunks(embed, encoded, micro_batch)
 
 
-def _features(
-  learner: Learner,
-  encoded,
-  projector,
-  cfg,
-  *,
-  candidates: bool,
-  num_scored: int | None = None,
-  layout=None,
-):
-  """Features of ``encoded`` with the options in ``cfg`` (the config's ``features``).
+def _by_length(fn, encoded, rows: np.ndarray, *, size: int, chunk: int, min_length: int, layout):
+  """``fn(batch, num_scored)`` over the ``rows`` of ``encoded``, in chunks of similar length.
 
-  The ``adam`` preconditioner applies to candidates only (targets use plain
-  gradients, as in LESS), and only once the learner has an optimizer state: in the
-  first round there are no moments yet, and the round's metrics say which was used.
+  Per-example work need not run on padding: the rows are grouped by their width (their
+  real tokens rounded up to a power of two, at least ``min_length``:
+  :func:`~evoselect_jax.train.losses.padded_width`), each group is cut into chunks of
+  ``chunk`` rows (the last one filled with copies of its first row) and each chunk is
+  cropped to its width, so a few shapes are compiled once and no pool padding is
+  computed. ``num_scored`` is that of all the rows, at most the width - 1. With a
+  ``layout``, each chunk is split over its ``data`` axis.
+
+  Returns:
+    ``fn``'s outputs as host arrays with leading axis ``size``; rows not in ``rows`` are
+    zeros (False).
+  """
+  if not len(rows):
+    raise ValueError("No rows to featurize")
+  encoded = {name: np.asarray(x) for name, x in encoded.items()}
+  mask = encoded["attention_mask"]
+  t = mask.shape[1]
+  num = losses.num_scored(encoded["loss_mask"][rows])
+  widths = losses.padded_width(losses.real_lengths(mask[rows]), t, max(min_length, num + 1))
+  done = []
+  for width in np.unique(widths):
+    group = rows[widths == width]
+    for start in range(0, len(group), chunk):
+      idx = group[start : start + chunk]
+      full = np.concatenate([idx, np.repeat(idx[:1], chunk - len(idx))])
+      batch = {name: x[full, :width] for name, x in encoded.items()}
+      if layout is not None:
+        batch = sharding.put(batch, layout.sharding("rows"))
+      done.append((idx, fn(batch, min(num, int(width) - 1))))
+  outs = sharding.to_host([out for _, out in done], layout)
+  result = jax.tree.map(lambda x: np.zeros((size, *x.shape[1:]), x.dtype), outs[0])
+  for (idx, _), out in zip(done, outs, strict=True):
+    jax.tree.map(lambda r, x, idx=idx: r.__setitem__(idx, x[: len(idx)]), result, out)
+  return result
+
+
+def _features(
+  learner: Learner, encoded, projector, cfg, *, candidates: bool, rows=None, layout=None
+):
+  """Features of ``encoded``'s ``rows`` (default all) with the options in ``cfg`` (``features``).
+
+  The rows run in chunks of similar length (:func:`_by_length`); the others get zero
+  features, not finite. The ``adam`` preconditioner applies to candidates only (targets
+  use plain gradients, as in LESS), and only once the learner has an optimizer state: in
+  the first round there are no moments yet, and the round's metrics say which was used.
+
+  Returns:
+    The :class:`~evoselect_jax.features.Features` (host arrays) and ``"adam"`` or ``"sgd"``.
   """
   use_adam = candidates and cfg.preconditioner == "adam" and learner.opt_state is not None
   preconditioner = features_lib.adam_preconditioner(learner.opt_state) if use_adam else None
-  out = featurize(
+  fn = functools.partial(
+    featurize,
     learner.config,
     learner.params,
     learner.lora,
     feature_params(learner, cfg.params, cfg.last_k),
-    encoded,
-    projector,
-    preconditioner,
+    projector=projector,
+    preconditioner=preconditioner,
     which=cfg.params,
     micro_batch=cfg.micro_batch,
-    num_scored=num_scored,
     layout=layout,
   )
+  n = len(encoded["tokens"])
+  out = _by_length(
+    lambda batch, num: fn(batch, num_scored=num),
+    encoded,
+    np.arange(n) if rows is None else rows,
+    size=n,
+    **_chunking(cfg, layout),
+  )
   return out, ("adam" if use_adam else "sgd")
+
+
+def _chunking(cfg, layout) -> dict[str, Any]:
+  """:func:`_by_length`'s chunks for the ``features`` options ``cfg``."""
+  data_size = 1 if layout is None else layout.data_size
+  return dict(chunk=cfg.micro_batch * data_size, min_length=cfg.min_length, layout=layout)
 
 
 def _batch_loss(config, params, num_scored, lora, batch):
@@ -357,7 +406,8 @@ class RoundFeatures:
 
   Attributes:
     candidates: ``[size, out_dim]`` pool features; zero rows where not finite.
-    candidate_finite: ``bool[size]``, False where a candidate's gradient had a NaN/inf.
+    candidate_finite: ``bool[size]``, False where a candidate's gradient had a NaN/inf
+      and on the pool's padding rows.
     targets: ``[m, out_dim]`` target features.
     target_finite: ``bool[m]``.
     extras: the selector's required extras (see
@@ -405,54 +455,42 @@ def featurize_round(
 ):
   """Per-example features of the pool and the target set, and the selector's extras.
 
-  With a ``layout``, the pool and target rows are split over its ``data`` axis (the
-  pool size must divide by it; targets are padded) and each device featurises its own.
+  Only the pool's real rows are featurised, in chunks of rows of similar length cropped
+  to it (:func:`_by_length`, ``features.min_length``); padding rows get zero features,
+  not finite. With a ``layout``, each chunk is split over its ``data`` axis and each
+  device featurises its own rows (the pool size must divide by the axis, for the
+  selection's sharding).
 
   Returns:
     A :class:`RoundFeatures` (host arrays).
   """
-  m = len(target["tokens"])
-  encoded = pool.encoded
-  pool_scored = losses.num_scored(encoded["loss_mask"])
-  target_scored = losses.num_scored(target["loss_mask"])
-  if layout is not None:
-    if len(pool.mask) % layout.data_size:
-      raise ValueError(
-        f"pool_size={len(pool.mask)} must be a multiple of the mesh's data axis "
-        f"({layout.data_size} devices)"
-      )
-    rows = layout.sharding("rows")
-    encoded = sharding.put(encoded, rows)
-    target = sharding.put(sharding.pad_rows(target, layout.data_size)[0], rows)
+  cfg = config.features
+  if layout is not None and len(pool.mask) % layout.data_size:
+    raise ValueError(
+      f"pool_size={len(pool.mask)} must be a multiple of the mesh's data axis "
+      f"({layout.data_size} devices)"
+    )
+  real = np.flatnonzero(pool.mask)
   cand, preconditioner = _features(
-    learner,
-    encoded,
-    projector,
-    config.features,
-    candidates=True,
-    num_scored=pool_scored,
-    layout=layout,
+    learner, pool.encoded, projector, cfg, candidates=True, rows=real, layout=layout
   )
-  targ, _ = _features(
-    learner,
-    target,
-    projector,
-    config.features,
-    candidates=False,
-    num_scored=target_scored,
-    layout=layout,
-  )
-  cand, targ = sharding.to_host((cand, targ), layout)
-  targ = jax.tree.map(lambda x: x[:m], targ)
+  targ, _ = _features(learner, target, projector, cfg, candidates=False, layout=layout)
   requires = getattr(selector, "requires", ())
   model = (learner.config, learner.params, learner.lora)
-  mb = config.features.micro_batch
+  chunking = _chunking(cfg, layout)
+  pool_rows = functools.partial(
+    _by_length, encoded=pool.encoded, rows=real, size=len(pool.mask), **chunking
+  )
   extras = {}
   if "losses" in requires:
-    extras["losses"] = example_losses(*model, pool.encoded, micro_batch=mb, num_scored=pool_scored)
+    extras["losses"] = pool_rows(
+      lambda b, num: example_losses(*model, b, micro_batch=cfg.micro_batch, num_scored=num)
+    )
   if "candidate_embeddings" in requires or "target_embeddings" in requires:
-    extras["candidate_embeddings"] = example_embeddings(*model, pool.encoded, micro_batch=mb)
-    extras["target_embeddings"] = example_embeddings(*model, target, micro_batch=mb)
+    embed = lambda b, num: example_embeddings(*model, b, micro_batch=cfg.micro_batch)
+    extras["candidate_embeddings"] = pool_rows(embed)
+    m = len(target["tokens"])
+    extras["target_embeddings"] = _by_length(embed, target, np.arange(m), size=m, **chunking)
   return RoundFeatures(
     cand.features,
     cand.finite,

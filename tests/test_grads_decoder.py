@@ -1,6 +1,7 @@
 """Per-example gradients and factored features of the decoder, against a loop of jax.grad."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -161,8 +162,9 @@ def test_loop_featurize_with_factored_equals_kronecker(model, which):
   kron = features.make_tree_projector("kronecker", diff, 16, key)
   scored = losses.num_scored(batch["loss_mask"], multiple=1)  # factored: answers only
   assert scored < batch["tokens"].shape[1] - 1
-  got, _ = loop._features(learner, batch, fac, cfg, candidates=True, num_scored=scored)
-  want, _ = loop._features(learner, batch, kron, cfg, candidates=True)
+  featurize = functools.partial(loop.featurize, CONFIG, params, lora, diff, batch, which=which)
+  got = featurize(fac, None, micro_batch=3, num_scored=scored)
+  want = featurize(kron, None, micro_batch=3)  # every position scored
   np.testing.assert_allclose(got.features, want.features, rtol=1e-4, atol=1e-5)
   if which == "lora":
     cfg.update(preconditioner="adam", projector=dict(name="factored"))

@@ -1,5 +1,6 @@
 """The round's stages: pool padding, feature options, per-example losses."""
 
+import dataclasses
 import functools
 
 import jax
@@ -34,13 +35,18 @@ def setup():
   # Nonzero B so that gradients w.r.t. A are nonzero too.
   lora = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), lora)
   learner = loop.Learner(config, params, lora)
-  encoded = prompts.encode_for_training(task.tokenizer, task.target[:7], 32)
+  # Questions said 1-4 times: rows of 23-77 tokens, cut to widths 32, 64 and 96 (= t).
+  examples = [
+    dataclasses.replace(x, question=" ".join([x.question] * r))
+    for x, r in zip(task.target[:7], [1, 3, 1, 2, 1, 4, 1], strict=True)
+  ]
+  encoded = prompts.encode_for_training(task.tokenizer, examples, 96)
   return task, learner, {k: jnp.asarray(v) for k, v in encoded.items()}
 
 
 def _features_cfg(**kw):
   return ml_collections.ConfigDict(
-    dict(params="lora", last_k=1, preconditioner="sgd", micro_batch=3) | kw
+    dict(params="lora", last_k=1, preconditioner="sgd", micro_batch=3, min_length=8) | kw
   )
 
 
@@ -50,9 +56,8 @@ def test_featurize_equals_loop_of_grads_projected(setup, which):
   diff = loop.feature_params(learner, which, last_k=1)
   projector = make_tree_projector("gaussian", diff, 16, jax.random.key(2))
   cfg = _features_cfg(params=which)
-  scored = losses.num_scored(encoded["loss_mask"])  # the answer positions only, as the loop
-  assert scored < encoded["tokens"].shape[1] - 1
-  out, used = loop._features(learner, encoded, projector, cfg, candidates=True, num_scored=scored)
+  rows = np.array([0, 1, 3, 4, 5])  # 2 and 6 are pool padding
+  out, used = loop._features(learner, encoded, projector, cfg, candidates=True, rows=rows)
   assert used == "sgd"
 
   def loss(d, i):
@@ -61,13 +66,11 @@ def test_featurize_equals_loop_of_grads_projected(setup, which):
       return losses.example_loss(learner.config, learner.params, d, example)
     return losses.example_loss(learner.config, learner.params | d, learner.lora, example)
 
-  rows = []
-  for i in range(7):
-    g = jax.grad(loss)(diff, i)
-    z = projector(jax.tree.map(lambda x: x[None], g))[0]
-    rows.append(z / jnp.linalg.norm(z))
-  np.testing.assert_allclose(out.features, np.stack(rows), atol=2e-5)
-  assert bool(out.finite.all())
+  for i in rows:  # each at full width (96), every position scored
+    z = projector(jax.tree.map(lambda x: x[None], jax.grad(loss)(diff, i)))[0]
+    np.testing.assert_allclose(out.features[i], z / jnp.linalg.norm(z), atol=2e-5)
+  assert out.finite.tolist() == [True, True, False, True, True, True, False]
+  assert not out.features[[2, 6]].any()
   if which == "last_k_layers":
     assert set(diff) == {"layers_1"}
 
@@ -99,6 +102,26 @@ def test_feature_config_errors(setup):
     loop.check_features_config(_features_cfg(params="all", preconditioner="adam"))
   with pytest.raises(ValueError, match=r"last_k=3 must be in \[1, 2\]"):
     loop.feature_params(learner, "last_k_layers", last_k=3)
+
+
+def test_by_length_runs_chunks_of_cut_rows_and_puts_them_back(setup):
+  _, learner, encoded = setup
+  model = (learner.config, learner.params, learner.lora)
+  shapes = []
+
+  def fn(batch, num):
+    shapes.append((batch["tokens"].shape, num))
+    return loop.example_losses(*model, batch, micro_batch=3, num_scored=num)
+
+  rows = np.array([6, 5, 0, 1, 3, 2])
+  got = loop._by_length(fn, encoded, rows, size=9, chunk=2, min_length=8, layout=None)
+  # widths: rows 0 2 6 -> 32, 3 -> 64, 1 5 -> 96; 8 scored positions, at most width - 1
+  assert sorted(shapes) == [((2, 32), 8), ((2, 32), 8), ((2, 64), 8), ((2, 96), 8)]
+  want = loop.example_losses(*model, encoded, micro_batch=3)
+  np.testing.assert_allclose(got[rows], np.asarray(want)[rows], rtol=1e-5)
+  assert got.shape == (9,) and not got[[4, 7, 8]].any()
+  with pytest.raises(ValueError, match="No rows"):
+    loop._by_length(fn, encoded, np.arange(0), size=9, chunk=2, min_length=8, layout=None)
 
 
 def test_example_losses_match_batch_losses(setup):

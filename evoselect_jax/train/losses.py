@@ -41,22 +41,35 @@ def token_losses(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> 
   return nll.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
 
 
+def real_lengths(attention_mask: np.ndarray) -> np.ndarray:
+  """Each row's last real position + 1, int[b] (0 for a row without tokens)."""
+  mask = np.asarray(attention_mask, bool)
+  return np.where(mask.any(1), mask.shape[1] - np.argmax(mask[:, ::-1], axis=1), 0)
+
+
+def padded_width(lengths: np.ndarray, t: int, min_length: int) -> np.ndarray:
+  """``lengths`` rounded up to a power of two, at least ``min_length``, at most ``t``.
+
+  The few widths that host batches are cut to (:func:`crop_padding`), each compiled once.
+  """
+  lengths = np.maximum(np.asarray(lengths, np.int64), 1)
+  return np.minimum(t, np.maximum(min_length, 2 ** np.ceil(np.log2(lengths)).astype(np.int64)))
+
+
 def crop_padding(batch: dict[str, np.ndarray], min_length: int) -> dict[str, np.ndarray]:
   """A right-padded host batch without the padding columns that no row needs.
 
   Every array is [b, t] (``tokens``, ``attention_mask``, ``loss_mask``, as
   :func:`~evoselect_jax.eval.prompts.encode_for_training` pads them) and is cut to the
   longest row's real tokens rounded up to a power of two, at least ``min_length`` (at
-  most t): a few widths, each compiled once. Causal attention never looks right, so
-  the losses are unchanged (up to float rounding).
+  most t, :func:`padded_width`). Causal attention never looks right, so the losses are
+  unchanged (up to float rounding).
   """
   t = batch["attention_mask"].shape[1]
   shapes = {name: np.shape(x) for name, x in batch.items()}
   if any(len(shape) != 2 or shape[1] != t for shape in shapes.values()):
     raise ValueError(f"crop_padding needs [b, t] arrays with one t, got shapes {shapes}")
-  real = np.flatnonzero(np.asarray(batch["attention_mask"], bool).any(0))
-  longest = int(real[-1]) + 1 if real.size else 1
-  width = min(t, max(min_length, 1 << (longest - 1).bit_length()))
+  width = int(padded_width(real_lengths(batch["attention_mask"]).max(initial=1), t, min_length))
   return {name: np.asarray(x)[:, :width] for name, x in batch.items()}
 
 
