@@ -201,6 +201,28 @@ class Walk:
       replay={name: [] for name in self.names},
     )
 
+  def _generate(self, rdir, exemplars: list[MCQExample], seed: int) -> list[str]:
+    """The round's raw records; ``raw.partial.jsonl`` keeps the ones made so far.
+
+    A resumable generator (``local``) saves its records after each batch and a rerun
+    continues from them; for the others the file holds what a failed call finished, for
+    inspection, and a rerun generates the round again.
+    """
+    partial = rdir / "raw.partial.jsonl"
+    n = self.config.pool_size
+    if not getattr(self.generator, "resumable", False):
+      try:
+        return self.generator.generate(exemplars, n, seed=seed)
+      except GeneratorError as e:
+        if e.partial:
+          atomic_io.write_jsonl(partial, e.partial)
+        raise
+    done = atomic_io.read_jsonl(partial) if partial.exists() else []
+    if done:
+      self.log(f"{partial}: continuing after {len(done)} of {n} records")
+    save = lambda records: atomic_io.write_jsonl(partial, records)
+    return self.generator.generate(exemplars, n, seed=seed, done=done, on_records=save)
+
   def _pool(self, s: _Seed, rnd: int, picks: np.ndarray) -> loop.Pool:
     """The round's cleaned pool: loaded, or generated (or loaded raw) and cleaned."""
     config = self.config
@@ -227,14 +249,9 @@ class Walk:
         _skip_records(self.generator, len(raw))
       else:
         self.stages.begin("generate", _where(s.seed, rnd))
-        exemplars = [self.task.target[i] for i in picks]
-        try:
-          raw = self.generator.generate(exemplars, config.pool_size, seed=s.seed * 1_000_003 + rnd)
-        except GeneratorError as e:
-          if e.partial:  # For inspection; a rerun generates the round again.
-            atomic_io.write_jsonl(rdir / "raw.partial.jsonl", e.partial)
-          raise
+        raw = self._generate(rdir, [self.task.target[i] for i in picks], s.seed * 1_000_003 + rnd)
         atomic_io.write_jsonl(raw_path, raw)
+        (rdir / "raw.partial.jsonl").unlink(missing_ok=True)
       self.stages.begin("clean", _where(s.seed, rnd))
       cleaned = loop.clean_pool(raw, test=self.task.test, round_idx=rnd, clean_cfg=config.clean)
       examples, rejected, generated = cleaned.examples, cleaned.rejected, len(raw)

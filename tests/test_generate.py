@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import importlib
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from ml_collections import ConfigDict
 
+from evoselect_jax import stages
 from evoselect_jax.data.clean import TEXT_REASONS, clean
 from evoselect_jax.generators import local as local_lib
 from evoselect_jax.generators.local import LocalGenerator
@@ -332,9 +335,10 @@ def test_local_generator_text_format_records(tiny, monkeypatch):
   ]
   calls = []
 
-  def fake_completions(checkpoint, prompts, **options):
+  def fake_completions(checkpoint, prompts, *, first, on_batch, **options):
     calls.append((prompts, options))
-    return replies[: len(prompts)]
+    on_batch(replies[first : len(prompts)])
+    return replies[first : len(prompts)]
 
   monkeypatch.setattr(local_lib, "generate_completions", fake_completions)
   gen = LocalGenerator(model=dataclasses.replace(tiny, chat_template=None), format="text")
@@ -346,6 +350,54 @@ def test_local_generator_text_format_records(tiny, monkeypatch):
   assert shown == [3, 3, 3] and all(p.startswith("Question: ") for p in prompts)
   out = clean(raw, test=[], format="text")
   assert out.rejected == {"no_answer": 2, "truncated": 1}
+
+
+def test_local_generator_resumes_a_stopped_call_with_the_same_records(tiny):
+  gen = LocalGenerator(model=tiny, format="text", max_new_tokens=6, num_shots=2, batch_size=2)
+  want = gen.generate(EXEMPLARS, n=7, seed=3)
+  reported = []
+
+  def stop_after_two_batches(records):
+    reported.append(records)
+    if len(reported) == 2:
+      raise KeyboardInterrupt  # as a kill between two batches
+
+  with pytest.raises(KeyboardInterrupt):
+    gen.generate(EXEMPLARS, n=7, seed=3, on_records=stop_after_two_batches)
+  assert reported == [want[:2], want[:4]]
+  rest = []
+  assert gen.generate(EXEMPLARS, n=7, seed=3, done=reported[-1], on_records=rest.append) == want
+  assert rest == [want[:6], want]
+  assert gen.generate(EXEMPLARS, n=7, seed=3, done=want) == want  # nothing left to decode
+  with pytest.raises(ValueError, match="first=3 must be a multiple of the batch's 2 rows"):
+    gen.generate(EXEMPLARS, n=7, seed=3, done=want[:3])
+  with pytest.raises(ValueError, match="7 records done, more than the n=5"):
+    gen.generate(EXEMPLARS, n=5, seed=3, done=want)
+
+
+def test_the_generate_stage_saves_each_batch_and_continues_after_them(tiny, tmp_path, monkeypatch):
+  gen = LocalGenerator(model=tiny, format="text", max_new_tokens=6, num_shots=2, batch_size=2)
+  want = gen.generate(EXEMPLARS, n=5, seed=3)
+  logs = []
+  walk = types.SimpleNamespace(config=ConfigDict({"pool_size": 5}), generator=gen, log=logs.append)
+  generate = functools.partial(stages.Walk._generate, walk, tmp_path, EXEMPLARS, 3)
+  write, writes = stages.atomic_io.write_jsonl, []
+
+  def killed_after_two_batches(path, rows):
+    write(path, rows)
+    writes.append(rows)
+    if len(writes) == 2:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(stages.atomic_io, "write_jsonl", killed_after_two_batches)
+  with pytest.raises(KeyboardInterrupt):
+    generate()
+  monkeypatch.undo()
+  partial = tmp_path / "raw.partial.jsonl"
+  assert stages.atomic_io.read_jsonl(partial) == want[:4]
+  assert generate() == want
+  assert logs == [f"{partial}: continuing after 4 of 5 records"]
+  assert stages.atomic_io.read_jsonl(partial) == want  # the stage then saves raw.jsonl
 
 
 def test_local_generator_text_format_on_random_model(tiny):

@@ -16,12 +16,17 @@ clean step must be given the same one; see :mod:`evoselect_jax.generators.prompt
   counts as ended.
 
 Whether a record is a valid item is the clean step's call, which counts each rejection.
+
+A long generation can be resumed: ``generate`` reports the records after each decoded
+batch (``on_records``) and continues from the ones a stopped call had made (``done``),
+with the same records as one uninterrupted call (the experiment keeps them in the
+round's ``raw.partial.jsonl``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +50,8 @@ _SHOTS_STREAM = 3
 @GENERATORS.register("local")
 class LocalGenerator:
   """Samples raw records (JSON objects or ``text`` items) from a local Llama-family model."""
+
+  resumable = True  # generate takes done= and on_records= (the experiment's stage uses them)
 
   def __init__(
     self,
@@ -106,13 +113,27 @@ class LocalGenerator:
       stop=(ITEM_END,) if format == "text" else (),
     )
 
-  def generate(self, exemplars: Sequence[MCQExample], n: int, seed: int) -> list[str]:
+  def generate(
+    self,
+    exemplars: Sequence[MCQExample],
+    n: int,
+    seed: int,
+    *,
+    done: Sequence[str] = (),
+    on_records: Callable[[list[str]], None] | None = None,
+  ) -> list[str]:
     """``n`` raw records in this generator's format, one per prompt.
 
     Args:
       exemplars: target examples, at least ``num_shots``.
       n: number of records.
       seed: the same seed, exemplars and options give the same records.
+      done: the records a stopped call with the same arguments had reported through
+        ``on_records``; generation continues after them.
+      on_records: called with every record so far after each decoded batch.
+
+    Returns:
+      All ``n`` records, ``done`` first.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
       raise ValueError(f"n must be an int >= 0, got {n!r}")
@@ -131,10 +152,23 @@ class LocalGenerator:
       prompts = [chat_prompt(self.checkpoint, generation_messages(s)) for s in shots]
     else:
       prompts = [generation_text(s) for s in shots]
-    replies = generate_completions(self.checkpoint, prompts, seed=seed, **self.options)
+    if len(done) > n:
+      raise ValueError(f"{len(done)} records done, more than the n={n} asked for")
+    records = list(done)
+
+    def add(completions):
+      start = len(records)
+      records.extend(self._record(shots[start + i], c) for i, c in enumerate(completions))
+      if on_records is not None:
+        on_records(list(records))
+
+    generate_completions(
+      self.checkpoint, prompts, seed=seed, first=len(records), on_batch=add, **self.options
+    )
+    return records
+
+  def _record(self, shots: list[MCQExample], reply) -> str:
+    """The raw record of one prompt's completion ``reply``."""
     if self.format == "json":
-      return [extract_json_object(reply.text) for reply in replies]
-    return [
-      item_start(s) + reply.text + (ITEM_END if reply.finish != "length" else "")
-      for s, reply in zip(shots, replies, strict=True)
-    ]
+      return extract_json_object(reply.text)
+    return item_start(shots) + reply.text + (ITEM_END if reply.finish != "length" else "")

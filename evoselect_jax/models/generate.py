@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -363,6 +363,8 @@ def generate_completions(
   lora: dict | None = None,
   batch_size: int = 8,
   stop_check_every: int = 16,
+  first: int = 0,
+  on_batch: Callable[[list[Completion]], None] | None = None,
 ) -> list[Completion]:
   """Continues each already-formatted prompt; returns only the new text, and why it ended.
 
@@ -392,9 +394,13 @@ def generate_completions(
       ``min(batch_size, len(prompts))`` rows, so the last one does not recompile.
     stop_check_every: decoding steps between two stop-string checks, >= 1 (a host
       sync each); unused without stop strings.
+    first: start at this prompt, a multiple of the batch's rows: a call that stopped
+      after some batches continues with the completions it would have made (each batch
+      samples with ``fold_in(key, batch index)``).
+    on_batch: called with each batch's completions as soon as they are decoded.
 
   Returns:
-    One :class:`Completion` per prompt, in order.
+    One :class:`Completion` per prompt from ``first`` on, in order.
   """
   _check_options(max_new_tokens, temperature, top_p, top_k, stop, seed, batch_size)
   if isinstance(stop_check_every, bool) or not isinstance(stop_check_every, int):
@@ -410,12 +416,16 @@ def generate_completions(
   stop = tuple(stop)
   chunk = stop_check_every if stop else max_new_tokens
   rows = min(batch_size, len(prompts))
+  if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first <= len(prompts):
+    raise ValueError(f"first must be an int in [0, {len(prompts)}], got {first!r}")
+  if first % rows and first != len(prompts):
+    raise ValueError(f"first={first} must be a multiple of the batch's {rows} rows")
   key = jax.random.key(seed)
   tokenizer, eos = checkpoint.tokenizer, tuple(checkpoint.eos_token_ids)
   options = dict(eos_ids=eos, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
   model = (checkpoint.config, checkpoint.params, lora)
   completions = []
-  for start in range(0, len(prompts), rows):
+  for start in range(first, len(prompts), rows):
     batch = prompts[start : start + rows]
     ids, mask = encode_batch(tokenizer, batch, rows)
     batch_key = jax.random.fold_in(key, start // rows)
@@ -445,8 +455,13 @@ def generate_completions(
       checked = step
       if step >= max_new_tokens or done.all():
         break
-    for i, row in enumerate(np.asarray(state.out)[: len(batch)].tolist()):
-      completions.append(_completion(tokenizer, row, eos, stop, int(stopped_at[i])))
+    out = np.asarray(state.out)[: len(batch)].tolist()
+    batch_completions = [
+      _completion(tokenizer, row, eos, stop, int(stopped_at[i])) for i, row in enumerate(out)
+    ]
+    if on_batch is not None:
+      on_batch(batch_completions)
+    completions += batch_completions
   return completions
 
 
