@@ -19,7 +19,6 @@ from evoselect_jax import atomic_io, loop, report
 from evoselect_jax.eval import packed, prompts
 from evoselect_jax.features import make_tree_projector
 from evoselect_jax.generators.jsonl import JsonlGenerator
-from evoselect_jax.generators.openai import GeneratorError
 from evoselect_jax.registry import MODELS
 from evoselect_jax.train import losses, optim
 from evoselect_jax.types import MCQExample
@@ -202,21 +201,16 @@ class Walk:
     )
 
   def _generate(self, rdir, exemplars: list[MCQExample], seed: int) -> list[str]:
-    """The round's raw records; ``raw.partial.jsonl`` keeps the ones made so far.
+    """The round's raw records; ``raw.partial.jsonl`` keeps the first ones made so far.
 
-    A resumable generator (``local``) saves its records after each batch and a rerun
-    continues from them; for the others the file holds what a failed call finished, for
-    inspection, and a rerun generates the round again.
+    A resumable generator (``local``, ``openai``) reports its records as it makes them,
+    and a rerun continues after the saved ones (a dead server or a kill loses at most
+    the records in flight); the others make a round at once.
     """
-    partial = rdir / "raw.partial.jsonl"
     n = self.config.pool_size
     if not getattr(self.generator, "resumable", False):
-      try:
-        return self.generator.generate(exemplars, n, seed=seed)
-      except GeneratorError as e:
-        if e.partial:
-          atomic_io.write_jsonl(partial, e.partial)
-        raise
+      return self.generator.generate(exemplars, n, seed=seed)
+    partial = rdir / "raw.partial.jsonl"
     done = atomic_io.read_jsonl(partial) if partial.exists() else []
     if done:
       self.log(f"{partial}: continuing after {len(done)} of {n} records")

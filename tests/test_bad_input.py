@@ -334,8 +334,9 @@ class _Server:
 
 
 def test_generator_server_down_slow_or_erroring_then_resume(tmp_path):
+  workdir = tmp_path / "run"
   records = _records(2000, seed=5)
-  server = _Server(records, fail_after=96)  # Round 1's 96 requests, then HTTP 500.
+  server = _Server(records, fail_after=96 + 40)  # Round 1's 96 requests, 40 more, then HTTP 500.
   url = f"http://127.0.0.1:{server.port}/v1"
   generator = dict(
     name="openai",
@@ -348,28 +349,39 @@ def test_generator_server_down_slow_or_erroring_then_resume(tmp_path):
     max_backoff_s=0.02,
   )
   config = _config(generator=generator)
+  partial = workdir / "state/seed_0/round_02/raw.partial.jsonl"
   try:
-    kept = None
+    kept = first = None
     for mode, reason in [("error", "http_500"), ("slow", "timeout"), ("down", "connection_error")]:
       if mode == "down":
         server.stop()
       server.mode = mode if kept else server.mode
       with pytest.raises(GeneratorError, match=rf"{url}/chat/completions: .*\({reason}\)") as e:
-        _run(config, tmp_path)
-      assert "of 96 records done" in str(e.value)
+        _run(config, workdir)
+      # Round 2's first records (up to the first request in flight at the failure) are kept.
+      first = first or atomic_io.read_jsonl(partial)
+      assert 36 <= len(first) <= 40 and atomic_io.read_jsonl(partial) == first
+      assert f"{len(first)} of 96 records done" in str(e.value)
       assert "during generate (seed 0 round 2)" in _notes(e.value) and RESUME_NOTE in _notes(
         e.value
       )
-      rows = _assert_kept(tmp_path, rounds=1)
+      rows = _assert_kept(workdir, rounds=1)
       assert rows == (kept or rows)
       kept = rows
-      assert not (tmp_path / "state/seed_0/round_02/raw.jsonl").exists()
-    server = _Server(records, port=server.port)  # Back up: the run resumes at round 2.
+      assert not (workdir / "state/seed_0/round_02/raw.jsonl").exists()
+    server = _Server(records, port=server.port)  # Back up: the run resumes in round 2.
     logs = []
-    rows = _run(config, tmp_path, logs)
+    rows = _run(config, workdir, logs)
     assert any("continuing at generate (seed 0 round 2)" in x for x in logs)
+    assert f"{partial}: continuing after {len(first)} of 96 records" in logs
     assert rows[: len(kept)] == kept and len(rows) == 6
-    _assert_kept(tmp_path, rounds=2)
+    _assert_kept(workdir, rounds=2)
+    assert not partial.exists()
+    # The same records and results as a run the server never failed.
+    ref = _run(config, tmp_path / "uninterrupted")
+    assert _strip(rows) == _strip(ref)
+    raw = "state/seed_0/round_02/raw.jsonl"
+    assert (workdir / raw).read_text() == (tmp_path / "uninterrupted" / raw).read_text()
   finally:
     server.stop()
 

@@ -245,7 +245,18 @@ def test_slow_server_times_out_and_keeps_earlier_records():
       gen.generate(EXEMPLARS, 5, seed=0)
   assert len(e.value.partial) == 2 and "2 of 5 records done" in str(e.value)
   assert e.value.stats == gen.stats == {"requests": 3, "records": 2, "timeout": 1}
-  assert e.value.partial == clean_run(5)[:2]
+  want = clean_run(5)
+  assert e.value.partial == want[:2]
+  # Once the server answers again, the call resumes after the records it kept.
+  reported = []
+  script = Script()
+  with scripted(script) as url:
+    again = generator(url, concurrency=1)
+    got = again.generate(EXEMPLARS, 5, seed=0, done=e.value.partial, on_records=reported.append)
+  assert got == want
+  assert reported == [want[:3], want[:4], want] and again.stats["requests"] == 3
+  with pytest.raises(ValueError, match="5 records done, more than the n=4"):
+    again.generate(EXEMPLARS, 4, seed=0, done=want)
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,18 @@ A request is tried ``1 + max_retries`` times, waiting ``b/2 + U(0, b/2)`` second
 ``b = min(max_backoff_s, backoff_s * 2**retry)`` (jitter from a per-request seeded
 rng). When a request runs out of tries, or fails fatally, no new request starts, the
 ones in flight finish, and :class:`GeneratorError` is raised: its message names the
-URL, the reason, the attempts and how many records were done; ``.partial`` holds every
-record finished (in request order), so the caller keeps them::
+URL, the reason, the attempts and how many records were done; ``.partial`` holds the
+records of the first requests, up to the first one not finished (requests finish out
+of order; the few finished after that gap are dropped). A call can be resumed:
+``on_records`` gets those first records whenever there are more of them, and a later
+call with ``done=`` them sends only the requests after them (each request's exemplars
+and seed depend on its index alone, so the records are those of one uninterrupted
+call, from a server that honours the seed)::
 
   try:
     raw = generator.generate(exemplars, n, seed)
   except GeneratorError as e:
-    raw = e.partial  # and log e
+    raw = generator.generate(exemplars, n, seed, done=e.partial)  # once the server is back
 
 Secrets. The API key is read from the environment variable named by ``api_key_env``
 for each call and sent only in the ``Authorization`` header: it is never stored on the
@@ -51,7 +56,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,13 +74,14 @@ _REDACTED = "[REDACTED]"
 
 
 class GeneratorError(RuntimeError):
-  """A generation call that could not finish; the records it did finish are in ``partial``.
+  """A generation call that could not finish; its first records done are in ``partial``.
 
   Attributes:
     url: the endpoint that failed.
     reason: the failure's reason, a key of ``stats``.
     status: the HTTP status, if the server answered.
-    partial: the records finished before the failure, in request order.
+    partial: the records of the first requests, up to the first not finished (a later
+      call resumes after them with ``done=partial``).
     stats: the call's counts (as :attr:`OpenAIGenerator.stats`).
   """
 
@@ -157,6 +163,8 @@ class OpenAIGenerator:
       ``max_tokens``, which ``clean`` will likely reject as ``not_json``), and one
       count per failure reason (see the module docstring).
   """
+
+  resumable = True  # generate takes done= and on_records= (the experiment's stage uses them)
 
   def __init__(
     self,
@@ -245,7 +253,15 @@ class OpenAIGenerator:
       f"OpenAIGenerator(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
     )
 
-  def generate(self, exemplars: Sequence[MCQExample], n: int, seed: int) -> list[str]:
+  def generate(
+    self,
+    exemplars: Sequence[MCQExample],
+    n: int,
+    seed: int,
+    *,
+    done: Sequence[str] = (),
+    on_records: Callable[[list[str]], None] | None = None,
+  ) -> list[str]:
     """``n`` raw records, one request each, in request order.
 
     Args:
@@ -253,19 +269,24 @@ class OpenAIGenerator:
       n: number of records (requests).
       seed: seeds each request's choice of exemplars, its ``seed`` field (servers that
         honour it sample reproducibly) and its backoff jitter.
+      done: the first records of an earlier call with the same arguments (its
+        ``on_records`` or its error's ``partial``); only the requests after them are sent.
+      on_records: called with the first records, in order, whenever more of them are done.
 
     Returns:
-      One record per request.
+      One record per request, ``done`` first.
 
     Raises:
       GeneratorError: a request failed fatally or ran out of retries; its ``partial``
-        holds the records finished.
+        holds the first records done.
       ValueError: bad arguments, or ``api_key_env`` is not set.
     """
     _check_int("n", n, 0)
     _check_int("seed", seed, 0)
     if not exemplars:
       raise ValueError("The openai generator needs at least one exemplar")
+    if len(done) > n:
+      raise ValueError(f"{len(done)} records done, more than the n={n} asked for")
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if self.api_key_env is not None:
       key = os.environ.get(self.api_key_env)
@@ -290,34 +311,41 @@ class OpenAIGenerator:
       payload["seed"] = int(rng.integers(2**31))
       requests.append((json.dumps(payload).encode(), rng))
 
-    done: dict[int, str] = {}
+    records = list(done)
+    finished: dict[int, str] = {}  # after a request not yet finished
     failure: _Failure | None = None
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
       futures = {
-        pool.submit(self._complete, data, rng, call): i for i, (data, rng) in enumerate(requests)
+        pool.submit(self._complete, data, rng, call): i
+        for i, (data, rng) in enumerate(requests)
+        if i >= len(records)
       }
       try:
         for future in concurrent.futures.as_completed(futures):
           try:
-            done[futures[future]] = future.result()
+            finished[futures[future]] = future.result()
           except _Cancelled:
             continue
           except _Failure as f:  # The failing request has set call.cancel.
             failure = failure or f
+          if len(records) in finished:
+            while len(records) in finished:
+              records.append(finished.pop(len(records)))
+            if on_records is not None:
+              on_records(list(records))
       finally:  # Also on KeyboardInterrupt: requests not yet started never start.
         call.cancel.set()
-    partial = [done[i] for i in sorted(done)]
     if failure is not None:
       raise GeneratorError(
         f"{self.url}: {failure.detail} ({failure.reason}) after {failure.attempts} attempt(s); "
-        f"{len(partial)} of {n} records done (kept in .partial); counts: {dict(self.stats)}",
+        f"{len(records)} of {n} records done (kept in .partial); counts: {dict(self.stats)}",
         url=self.url,
         reason=failure.reason,
         status=failure.status,
-        partial=partial,
+        partial=records,
         stats=collections.Counter(self.stats),
       )
-    return partial
+    return records
 
   def _payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
     """The request body for ``messages``, without its seed."""
