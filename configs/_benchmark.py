@@ -128,9 +128,10 @@ def benchmark_config(
   if size == "cpu":
     # Measured on 2 CPU cores (load ~1), one round of this size with gen=weak: generating
     # 48 records 1.5 min; per method, per-example gradients of the pool + 16 targets
-    # 45-62 s, 8 training steps 11-13 s (35 s with the first compiles; 20-34 s before the
-    # batches were cut to their rows), evaluating the 50 test questions 7 s (packed; 7.4
-    # min for 100 with a padded row per option, at load ~7). The whole run, 9.5 min.
+    # 14-27 s (91 s with the first compiles; 45-62 s before they ran on real rows by
+    # length), 8 training steps 9-13 s (35-46 s with the first compiles; 20-34 s before
+    # the batches were cut to their rows), evaluating the 50 test questions 7 s (packed;
+    # 7.4 min for 100 with a padded row per option, at load ~7). The whole run, 8.5 min.
     c.rounds = 2
     c.pool_size = 48  # 3 batches of 16 prompts
     c.budget = 8
