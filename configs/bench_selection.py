@@ -3,21 +3,24 @@
   python -m experiments.bench_selection --config configs/bench_selection.py --out /tmp/bench
 
 Args (after ``:``): ``size=cpu`` (default: the sizes of issue #6, for a 2-core CPU),
-``size=smoke`` or ``smoke`` (seconds; what tests run), ``size=gpu`` (one call on an H200, < 8 min);
-``stages=grads+projection+ot+diversity+end_to_end`` picks stages (``+``-separated).
+``size=smoke`` or ``smoke`` (seconds; what tests run), ``size=gpu`` (one call on an H200, meant
+to take < 8 min: README gives what it took);
+``stages=grads+projection+ot+diversity+end_to_end`` picks stages (``+``-separated);
+``precision=float32`` (default), ``tensorfloat32`` or ``bfloat16``: float32 matmuls, both sides.
 Writes ``<out>/bench_selection.json`` and ``<out>/bench_selection.png``.
 """
 
 import ml_collections
 
 from evoselect_jax.config import parse_arg
+from experiments.selection_bench.timing import MATMUL_PRECISIONS
 
 STAGES = ("grads", "projection", "ot", "diversity", "end_to_end")
 
 
 def get_config(arg=None):
   """The benchmark config; see the module docstring for ``arg``."""
-  arg = parse_arg(arg, smoke=False, size="cpu", stages="+".join(STAGES))
+  arg = parse_arg(arg, smoke=False, size="cpu", stages="+".join(STAGES), precision="float32")
   if arg.smoke:  # the shorthand every config has
     arg.size = "smoke"
   if arg.size not in ("smoke", "cpu", "gpu"):
@@ -26,9 +29,15 @@ def get_config(arg=None):
   unknown = sorted(set(stages) - set(STAGES))
   if unknown:
     raise ValueError(f"unknown stages {unknown}; valid: {'+'.join(STAGES)}")
+  if arg.precision not in MATMUL_PRECISIONS:
+    raise ValueError(f"precision must be one of {list(MATMUL_PRECISIONS)}, got {arg.precision!r}")
   c = ml_collections.ConfigDict()
   c.size = arg.size
   c.stages = stages
+  # Float32 matmuls of every stage, ours and the PyTorch peers alike: float32 (as numpy;
+  # PyTorch's default), tensorfloat32 (JAX's default on a GPU) or bfloat16 (passes, JAX's
+  # default on a TPU). On a CPU all compute in float32.
+  c.matmul_precision = arg.precision
   c.seed = 0
   c.repeats = 1 if arg.size == "smoke" else 3  # timed calls after the first; median reported
   c.hardware = dict(  # copy buffer (MiB) and matmul size for the machine peaks
@@ -131,7 +140,7 @@ def get_config(arg=None):
       num_kv_heads=3,
     )
     g.update(lora_models=(m20, m135), seq_len=256, num_examples=64, out_dim=4096)
-    g.update(micro_batch=16, gtp=(("kronecker", 1), ("kronecker", 8)), torch_micro_batch=16)
+    g.update(micro_batch=16, gtp=(("kronecker", 8),), torch_micro_batch=16)
     g.update(torch_device="cuda", torch_threads=(None,))
     pr.update(rows=64, dense_in_dim=262_144, out_dim=4096)
     pr.cases = (
@@ -189,7 +198,8 @@ def get_config(arg=None):
     div.update(ns=(1_001, 2_003), ks=(33,), max_nk=100_000, d=24, num_targets=13)
   elif arg.size == "gpu":
     div.max_nk = 10_000_000_000  # the full grid: ~1 GB per pick at 1M from HBM
-    div.peer_max_nk = 20_000_000  # numpy on the host: ~30 ms per pick at 1M
+    # numpy on the host: facility location 3-11 s per case above 10k x 100 (H200 machine)
+    div.peer_max_nk = 1_000_000
   c.end_to_end = ml_collections.ConfigDict()
   e2e = c.end_to_end
   e2e.model = dict(  # the project's decoder, small: selection cost, not model cost

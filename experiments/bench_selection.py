@@ -33,9 +33,14 @@ flags.mark_flags_as_required(["config", "out"])
 
 
 def run(config, out: str | pathlib.Path) -> dict:
-  """Runs the stages of ``config``; writes and returns the JSON report."""
+  """Runs the stages of ``config`` at its matmul precision; writes and returns the report."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
+  with timing.matmul_precision(config.matmul_precision):
+    return _run(config, out)
+
+
+def _run(config, out: pathlib.Path) -> dict:
   hw = timing.measure_hardware(**config.hardware)
   report = {
     "config": json.loads(config.to_json_best_effort()),

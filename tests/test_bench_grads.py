@@ -57,6 +57,9 @@ def test_grads_stage_features_equal_the_peers(config):
   ):
     assert summary[key] > 0
   assert out["plot"]["labels"] == ["lora/tiny", "whole/tiny"]
+  assert set(out["phases_s"]) == {"lora/tiny", "whole/tiny"}
+  for phases in out["phases_s"].values():
+    assert set(phases) == {"setup_s", "compile_s", "timed_s"} and min(phases.values()) > 0
 
 
 def test_projection_stage_equals_dense_numpy(config):

@@ -14,6 +14,7 @@ from experiments import bench_selection
 from experiments.selection_bench import diversity as diversity_stage
 from experiments.selection_bench import end_to_end as end_to_end_stage
 from experiments.selection_bench import ot as ot_stage
+from experiments.selection_bench import timing
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def test_diversity_stage_picks_what_numpy_picks(smoke):
   assert len(rows) == len(cfg.algos) * len(cfg.ns) * len(cfg.ks)
   for row in rows:
     assert row["same_picks"], row
+    assert row["ours"]["compile_s"] > 0
     if row["algo"] == "mmr":  # beyond its inputs, MMR holds O(n): no [n, d] copy, no [n, n]
       assert row["xla_temp_bytes"] < 4 * row["n"] * row["d"]
   assert result["summary"]["same_picks_all"]
@@ -129,3 +131,22 @@ def test_the_driver_writes_the_report_with_both_machine_peaks(tmp_path):
     assert machine[peak] == max(both)  # on an accelerator the device's, here the host's
   assert json.loads((tmp_path / "bench_selection.json").read_text()) == report
   assert (tmp_path / "bench_selection.png").stat().st_size > 0
+
+
+def test_matmul_precision_is_set_for_jax_and_torch_and_restored():
+  """Both sides of a comparison compute float32 matmuls alike (GPU defaults differ)."""
+  import jax
+  import torch
+
+  before = (jax.config.jax_default_matmul_precision, torch.get_float32_matmul_precision())
+  for name, torch_name in timing.MATMUL_PRECISIONS.items():
+    with timing.matmul_precision(name):
+      assert jax.config.jax_default_matmul_precision == name
+      assert torch.get_float32_matmul_precision() == torch_name
+    assert (jax.config.jax_default_matmul_precision, torch.get_float32_matmul_precision()) == before
+  with pytest.raises(ValueError, match="matmul_precision must be one of"):
+    with timing.matmul_precision("fp16"):
+      pass
+  assert get_config("precision=tensorfloat32").matmul_precision == "tensorfloat32"
+  with pytest.raises(ValueError, match="precision must be one of"):
+    get_config("precision=highest")

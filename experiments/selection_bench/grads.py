@@ -39,7 +39,9 @@ features from each peer's (``max_abs_diff``) and the fraction of our rows of uni
 Timings are interleaved: each method's first call, then ``repeats`` rounds of one call
 of every method; medians. The summary bounds the factored projection's speed-up over
 gradient-then-project on this machine: its XLA FLOPs at the measured matmul peak
-(``factored_vs_grad_then_project_at_matmul_peak``).
+(``factored_vs_grad_then_project_at_matmul_peak``). ``phases_s`` gives each case's wall
+seconds by phase: ``setup_s`` (weights, inputs, projectors, the PyTorch models),
+``compile_s`` (ours) and ``timed_s`` (every timed call, the peers' included).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import numpy as np
 from evoselect_jax import features
 from evoselect_jax.models import convert, llama
 from evoselect_jax.train import losses
-from experiments.selection_bench.timing import time_each
+from experiments.selection_bench.timing import Laps, time_each
 
 
 def llama_config(spec: dict) -> llama.LlamaConfig:
@@ -91,17 +93,20 @@ def make_batch(c: llama.LlamaConfig, n: int, seq_len: int, answer: int, seed: in
 
 @functools.lru_cache(maxsize=4)
 def init_model(c: llama.LlamaConfig, seed: int) -> tuple[dict, dict]:
-  """Random weights, with LoRA B ~ N(0, 0.02²) so that gradients of A are nonzero too."""
+  """Random weights N(0, 0.02²), norm scales 1, LoRA A and B N(0, 0.02²) (both nonzero).
 
-  @jax.jit
-  def draw(key):
-    params, lora = llama.init(c, key)
-    leaves, treedef = jax.tree.flatten(lora)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    noise = [0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return params, treedef.unflatten([x + e for x, e in zip(leaves, noise, strict=True)])
+  Drawn with numpy into the tree of :func:`~evoselect_jax.models.llama.init` (its
+  shapes only): compiling the model's init takes ~40 s for SmolLM2-135M's 30 layers.
+  """
+  shapes = jax.eval_shape(lambda key: llama.init(c, key), jax.random.key(seed))
+  rng = np.random.default_rng(seed)
 
-  return draw(jax.random.key(seed))
+  def draw(path, leaf):
+    if path[-1].key == "scale":
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(0.02 * rng.standard_normal(leaf.shape, np.float32), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _paths(tree: Any) -> list[tuple[str, ...]]:
@@ -431,8 +436,9 @@ def _torch_batch(batch, device):
   }
 
 
-def lora_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> list[dict]:
-  """Rows of one LoRA case: ours (vmap, factored) and the peers (less, torch_vmap)."""
+def lora_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> tuple[list, dict]:
+  """One LoRA case: rows of ours (vmap, factored) and the peers (less, torch_vmap); phases."""
+  laps = Laps()
   c = llama_config(spec)
   params, lora = init_model(c, seed)
   batch = make_batch(c, cfg.num_examples, cfg.seq_len, cfg.answer_tokens, seed)
@@ -444,6 +450,7 @@ def lora_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> list
   project = TorchKroneckerProjector(projector, list(named), set(), device)
   tbatch = _torch_batch(batch, device)
   num = scored(cfg, batch)
+  laps.lap("setup_s")
   compiled = {
     f"ours_{path}": compile_ours(
       c,
@@ -458,6 +465,7 @@ def lora_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> list
     )
     for path in cfg.lora_paths
   }
+  laps.lap("compile_s")
   fns = {name: call for name, (call, _) in compiled.items()}
   peers = {
     "less": functools.partial(
@@ -475,6 +483,7 @@ def lora_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> list
   }
   add_peers(fns, peers, threads)
   times = fastest_peers(time_each(fns, repeats))
+  laps.lap("timed_s")
   flops = 2 * forward_flops(c, cfg.seq_len)
   case = f"lora/{spec['name']}"
   info = {"params": num_params(params), "lora_params": num_params(lora), "seq_len": cfg.seq_len}
@@ -492,11 +501,12 @@ def lora_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> list
       extra.update(torch_device=device, torch_threads=timing["torch_threads"])
       extra["median_s_by_threads"] = timing["median_s_by_threads"]
     rows.append(_row(case, name, timing, cfg.num_examples, flops, **extra))
-  return rows
+  return rows, laps.seconds
 
 
-def whole_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> list[dict]:
-  """Rows of the whole-model case: ours (factored, gradient-then-project) and less."""
+def whole_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> tuple[list, dict]:
+  """The whole-model case: rows of ours (factored, gradient-then-project) and less; phases."""
+  laps = Laps()
   c = llama_config(spec)
   params, _ = init_model(c, seed)
   batch = make_batch(c, cfg.num_examples, cfg.seq_len, cfg.answer_tokens, seed)
@@ -516,12 +526,14 @@ def whole_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> lis
     )
     calls[f"ours_gtp_{kind}_mb{b}"] = (proj, "vmap", b)
   num = scored(cfg, batch)
+  laps.lap("setup_s")
   compiled = {
     name: compile_ours(
       c, params, None, jbatch, proj, path=path, collection="params", micro_batch=b, num_scored=num
     )
     for name, (proj, path, b) in calls.items()
   }
+  laps.lap("compile_s")
   fns = {name: call for name, (call, _) in compiled.items()}
   less = functools.partial(
     less_way,
@@ -534,6 +546,7 @@ def whole_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> lis
   )
   add_peers(fns, {"less": less}, threads)
   times = fastest_peers(time_each(fns, repeats))
+  laps.lap("timed_s")
   flops = 3 * forward_flops(c, cfg.seq_len)
   case = f"whole/{spec['name']}"
   info = {"params": num_params(params), "seq_len": cfg.seq_len, "num_scored": num}
@@ -550,7 +563,7 @@ def whole_case(cfg, spec, *, seed: int, repeats: int, threads: list[int]) -> lis
       extra.update(torch_device=device, torch_threads=timing["torch_threads"])
       extra["median_s_by_threads"] = timing["median_s_by_threads"]
     rows.append(_row(case, name, timing, cfg.num_examples, flops, **extra))
-  return rows
+  return rows, laps.seconds
 
 
 def _best(rows, case, prefix) -> dict:
@@ -584,11 +597,17 @@ def run(cfg, hw: dict[str, Any], *, seed: int, repeats: int) -> dict[str, Any]:
   import torch
 
   previous, threads = torch.get_num_threads(), thread_counts(cfg)
+  rows, phases = [], {}
   try:
-    rows = []
     for spec in cfg.lora_models:
-      rows += lora_case(cfg, spec, seed=seed, repeats=repeats, threads=threads)
-    rows += whole_case(cfg, cfg.whole_model, seed=seed, repeats=repeats, threads=threads)
+      case_rows, phases[f"lora/{spec['name']}"] = lora_case(
+        cfg, spec, seed=seed, repeats=repeats, threads=threads
+      )
+      rows += case_rows
+    case_rows, phases[f"whole/{cfg.whole_model['name']}"] = whole_case(
+      cfg, cfg.whole_model, seed=seed, repeats=repeats, threads=threads
+    )
+    rows += case_rows
   finally:
     torch.set_num_threads(previous)
 
@@ -632,4 +651,4 @@ def run(cfg, hw: dict[str, Any], *, seed: int, repeats: int) -> dict[str, Any]:
     "labels": labels,
     "series": series,
   }
-  return {"rows": rows, "summary": summary, "plot": plot}
+  return {"rows": rows, "summary": summary, "plot": plot, "phases_s": phases}

@@ -8,9 +8,10 @@ steady-state time, robust to other processes on a shared machine.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -60,6 +61,44 @@ def time_each(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict
   """
   timed = time_interleaved({name: (fn, repeats) for name, fn in fns.items()})
   return {name: {**stats, "result": result} for name, (stats, result) in timed.items()}
+
+
+# Float32 matmul precisions by JAX's name, with PyTorch's name for the same arithmetic.
+MATMUL_PRECISIONS = {"float32": "highest", "tensorfloat32": "high", "bfloat16": "medium"}
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str) -> Iterator[None]:
+  """Inside, JAX's and PyTorch's float32 matmuls run at ``name`` (a key of MATMUL_PRECISIONS).
+
+  Their defaults differ on accelerators: JAX's on a GPU is tensorfloat32 (bfloat16
+  passes on a TPU), PyTorch's float32; on a CPU both compute in float32 either way.
+  """
+  import torch
+
+  if name not in MATMUL_PRECISIONS:
+    raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {name!r}")
+  previous = torch.get_float32_matmul_precision()
+  torch.set_float32_matmul_precision(MATMUL_PRECISIONS[name])
+  try:
+    with jax.default_matmul_precision(name):
+      yield
+  finally:
+    torch.set_float32_matmul_precision(previous)
+
+
+class Laps:
+  """Wall seconds between successive :meth:`lap` calls, summed by name in ``seconds``."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._last = time.perf_counter()
+
+  def lap(self, name: str) -> None:
+    """Adds the seconds since the previous lap (or construction) to ``seconds[name]``."""
+    now = time.perf_counter()
+    self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+    self._last = now
 
 
 def measure_hardware(*, copy_mb: int, matmul_dim: int, repeats: int = 5) -> dict[str, Any]:
