@@ -96,7 +96,9 @@ def init_model(c: llama.LlamaConfig, seed: int) -> tuple[dict, dict]:
   """Random weights N(0, 0.02²), norm scales 1, LoRA A and B N(0, 0.02²) (both nonzero).
 
   Drawn with numpy into the tree of :func:`~evoselect_jax.models.llama.init` (its
-  shapes only): compiling the model's init takes ~40 s for SmolLM2-135M's 30 layers.
+  shapes only): compiling that init took 39 s for SmolLM2-135M's 30 layers on this
+  project's 2-core CPU, and on an H200 the stage spent about 252 of its 465 s outside our
+  compiles and the timed calls when it compiled that init (``phases_s`` now times this).
   """
   shapes = jax.eval_shape(lambda key: llama.init(c, key), jax.random.key(seed))
   rng = np.random.default_rng(seed)
