@@ -43,6 +43,21 @@ def test_ot_stage_matches_pot(smoke):
   assert set(result["plot"]["series"]) == series
 
 
+def test_ot_stage_pot_on_torch_gives_what_pot_on_numpy_gives(smoke):
+  """The torch backend (POT on a GPU in the gpu config; here on the CPU) is the same peer."""
+  rows = {}
+  for backend in ("numpy", "torch"):
+    cfg = smoke.ot.copy_and_resolve_references()
+    cfg.pot_backend, cfg.online = backend, ()
+    (rows[backend],) = ot_stage.run(cfg, {}, seed=0, repeats=0)["rows"]
+  for peer in ("pot_sinkhorn", "pot_sinkhorn_log"):
+    numpy_row, torch_row = rows["numpy"][peer], rows["torch"][peer]
+    assert torch_row["converged"] and torch_row["marginal_error_l2"] < smoke.ot.threshold
+    assert abs(torch_row["iterations"] - numpy_row["iterations"]) <= 10  # one check apart
+    for mode in smoke.ot.modes:
+      assert rows["torch"][f"ours_{mode}"][f"relevance_diff_vs_{peer}_over_eps"] < 1e-4
+
+
 def test_online_child_equals_dense_solve(smoke):
   """The child's online solve (row blocks and a remainder) gives the dense relevance."""
   cfg = smoke.ot

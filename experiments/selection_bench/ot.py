@@ -6,11 +6,11 @@ For each case ``n x m x d`` of ``cfg.cases`` (clustered features, :func:`cluster
   included), in each mode of ``cfg.modes`` (``kernel``: stored row-stabilised kernel,
   ``lse``: stored cost, log domain), with ``norm_error=2`` so the stopping error is
   POT's;
-- POT ``ot.sinkhorn`` (numpy backend, float32 like ours) and, up to ``cfg.pot_log_max_n``
-  candidates, ``ot.bregman.sinkhorn_log``, each from the same features with the cost
-  computed by numpy (``1 - x^ y^T`` for cosine, ``ot.dist`` for sqeuclidean) inside the
-  timed call, at our absolute epsilon, ``stopThr = cfg.threshold``, the same
-  ``numItermax``.
+- POT ``ot.sinkhorn`` (float32 like ours; backend ``cfg.pot_backend``: numpy, or torch on
+  ``cfg.pot_device``) and, up to ``cfg.pot_log_max_n`` candidates,
+  ``ot.bregman.sinkhorn_log``, each from the same features with the cost computed on its
+  backend (``1 - x^ y^T`` for cosine, ``ot.dist`` for sqeuclidean) inside the timed
+  call, at our absolute epsilon, ``stopThr = cfg.threshold``, the same ``numItermax``.
 
 Both stop on the L2 norm of the plan's column-marginal error, computed every 10
 iterations: POT after iterations 1, 11, 21, ..., ott-jax after 10, 20, 30, ... (so
@@ -100,15 +100,39 @@ def _ours(config) -> Any:
   return fn
 
 
-def _numpy_cost(x: np.ndarray, y: np.ndarray, cost: str) -> np.ndarray:
-  """POT's side of the cost, float32 [n, m]."""
+def _pot_cost(x, y, cost: str):
+  """POT's side of the cost [n, m], float32, on the inputs' backend (numpy or torch)."""
   import ot  # noqa: PLC0415
 
   if cost == "sqeuclidean":
     return ot.dist(x, y)
-  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-  yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+  nx = ot.backend.get_backend(x, y)
+  xn = x / nx.sqrt(nx.sum(x * x, axis=1, keepdims=True))
+  yn = y / nx.sqrt(nx.sum(y * y, axis=1, keepdims=True))
   return 1.0 - xn @ yn.T
+
+
+def _pot_inputs(cfg, *arrays: np.ndarray) -> tuple[list, Any]:
+  """``arrays`` on POT's backend (``cfg.pot_backend``), and a call that waits for its device.
+
+  ``numpy``: as they are; ``torch``: tensors on ``cfg.pot_device`` (``cuda``: POT on the
+  GPU, the like-for-like peer of ours there).
+  """
+  if cfg.pot_backend == "numpy":
+    return list(arrays), lambda: None
+  if cfg.pot_backend != "torch":
+    raise ValueError(f"ot.pot_backend must be numpy or torch, got {cfg.pot_backend!r}")
+  import torch  # noqa: PLC0415
+
+  tensors = [torch.tensor(a, device=cfg.pot_device) for a in arrays]
+  return tensors, (torch.cuda.synchronize if tensors[0].is_cuda else lambda: None)
+
+
+def _to_numpy(value):
+  """A POT output (backend array, list of them, or plain value) as numpy / Python."""
+  if isinstance(value, list):
+    return [_to_numpy(v) for v in value]
+  return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
 
 def _calibrated(f: np.ndarray) -> np.ndarray:
@@ -138,20 +162,24 @@ def _case(cfg, n: int, m: int, d: int, key: jax.Array, repeats: int) -> dict[str
   first = calls[main][0]()
   done = {main: (time.perf_counter() - start, first)}
   reg = float(first["epsilon"])
-  xn, yn = np.asarray(x), np.asarray(y)
-  an, bn = np.full(n, 1 / n, np.float32), np.full(m, 1 / m, np.float32)
+  bn = np.full(m, 1 / m, np.float32)
+  (xp, yp, ap, bp), sync = _pot_inputs(
+    cfg, np.asarray(x), np.asarray(y), np.full(n, 1 / n, np.float32), bn
+  )
   peers = {"pot_sinkhorn": (ot.sinkhorn, repeats)}
   if n <= cfg.pot_log_max_n:
     peers["pot_sinkhorn_log"] = (ot.bregman.sinkhorn_log, cfg.pot_log_repeats)
   for name, (method, peer_repeats) in peers.items():
 
     def pot(method=method):
-      cost = _numpy_cost(xn, yn, cfg.cost)
+      cost = _pot_cost(xp, yp, cfg.cost)
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "did not converge" is reported in the row
-        return method(
-          an, bn, cost, reg, numItermax=cfg.max_iterations, stopThr=cfg.threshold, log=True
+        plan, log = method(
+          ap, bp, cost, reg, numItermax=cfg.max_iterations, stopThr=cfg.threshold, log=True
         )
+      sync()
+      return plan, log
 
     calls[name] = (pot, peer_repeats)
   timed = time_interleaved(calls, done)
@@ -162,6 +190,7 @@ def _case(cfg, n: int, m: int, d: int, key: jax.Array, repeats: int) -> dict[str
   pot_f = {}
   for name in peers:
     times, (plan, log) = timed[name]
+    plan, log = _to_numpy(plan), {k: _to_numpy(v) for k, v in log.items()}
     pot_f[name] = reg * (log["log_u"] if "log_u" in log else np.log(log["u"]))
     row[name] = {
       **times,
