@@ -21,9 +21,9 @@ largest difference of the relevance (calibrated potential, GOT-D) from POT's, in
 of epsilon.
 
 Online (``cfg.online``): the same solve with ``batch_size`` rows per block (nothing
-[n, m] stored) in a child process, which reports its peak resident memory (``VmHWM``
-of ``/proc/self/status``, the whole process: features, runtime, solve) and, on an
-accelerator, the device's ``peak_bytes_in_use``.
+[n, m] stored) in a child process (at this process's matmul precision), which reports
+its peak resident memory (``VmHWM`` of ``/proc/self/status``, the whole process:
+features, runtime, solve) and, on an accelerator, the device's ``peak_bytes_in_use``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -268,6 +269,7 @@ def online_child(args: dict[str, Any]) -> dict[str, Any]:
     "peak_host_gib": None if hwm is None else hwm / _GIB,
     "peak_device_gib": None if device_peak is None else device_peak / _GIB,
     "platform": jax.devices()[0].platform,
+    "matmul_precision": jax.config.jax_default_matmul_precision,
     **({"relevance": out["relevance"].tolist()} if args.get("return_relevance") else {}),
   }
 
@@ -289,10 +291,14 @@ def _online(cfg, seed: int) -> dict[str, Any]:
     max_iterations=cfg.max_iterations,
   )
   command = [sys.executable, "-m", "experiments.selection_bench.ot", json.dumps(args)]
+  env = dict(os.environ)
+  precision = jax.config.jax_default_matmul_precision  # the parent's, e.g. the bench's
+  if precision:
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = precision
   start = time.perf_counter()
   try:
     proc = subprocess.run(
-      command, cwd=_ROOT, capture_output=True, text=True, timeout=cfg.online_timeout_s
+      command, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=cfg.online_timeout_s
     )
   except subprocess.TimeoutExpired:
     return {"case": f"{n}x{m}x{d}", "completed": False, "error": "timeout"}
