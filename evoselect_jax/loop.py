@@ -452,6 +452,7 @@ def featurize_round(
   *,
   projector,
   layout: sharding.Layout | None = None,
+  shared: RoundFeatures | None = None,
 ):
   """Per-example features of the pool and the target set, and the selector's extras.
 
@@ -460,6 +461,18 @@ def featurize_round(
   not finite. With a ``layout``, each chunk is split over its ``data`` axis and each
   device featurises its own rows (the pool size must divide by the axis, for the
   selection's sharding).
+
+  Args:
+    learner: the method's learner.
+    selector: the method's selector (its ``requires`` says which extras to compute).
+    pool: the round's pool.
+    target: the target set's training encodings.
+    config: the run's config.
+    projector: the gradient projector.
+    layout: the sharding layout, or ``None`` for one device.
+    shared: another method's features of this ``pool`` under this same ``learner``
+      (methods share the learner until their first fine-tuning): its gradient features
+      are reused, and only this selector's extras are computed.
 
   Returns:
     A :class:`RoundFeatures` (host arrays).
@@ -471,10 +484,14 @@ def featurize_round(
       f"({layout.data_size} devices)"
     )
   real = np.flatnonzero(pool.mask)
-  cand, preconditioner = _features(
-    learner, pool.encoded, projector, cfg, candidates=True, rows=real, layout=layout
-  )
-  targ, _ = _features(learner, target, projector, cfg, candidates=False, layout=layout)
+  if shared is None:
+    cand, preconditioner = _features(
+      learner, pool.encoded, projector, cfg, candidates=True, rows=real, layout=layout
+    )
+    targ, _ = _features(learner, target, projector, cfg, candidates=False, layout=layout)
+    shared = RoundFeatures(
+      cand.features, cand.finite, targ.features, targ.finite, {}, preconditioner
+    )
   requires = getattr(selector, "requires", ())
   model = (learner.config, learner.params, learner.lora)
   chunking = _chunking(cfg, layout)
@@ -491,14 +508,7 @@ def featurize_round(
     extras["candidate_embeddings"] = pool_rows(embed)
     m = len(target["tokens"])
     extras["target_embeddings"] = _by_length(embed, target, np.arange(m), size=m, **chunking)
-  return RoundFeatures(
-    cand.features,
-    cand.finite,
-    targ.features,
-    targ.finite,
-    {name: np.asarray(v) for name, v in extras.items()},
-    preconditioner,
-  )
+  return dataclasses.replace(shared, extras={name: np.asarray(v) for name, v in extras.items()})
 
 
 def select_round(

@@ -85,6 +85,9 @@ class _Seed:
   key_rounds: jax.Array
   learners: dict[str, loop.Learner | None]  # None: in the checkpoint of the last round
   replay: dict[str, list]
+  # Round -> the base learner's features of that round's pool: every method featurises
+  # with the base learner until its first fine-tuning, so they are computed once.
+  base_features: dict[int, loop.RoundFeatures] = dataclasses.field(default_factory=dict)
 
 
 class Walk:
@@ -315,15 +318,19 @@ class Walk:
     else:
       self.stages.begin("featurize", where)
       t0 = time.perf_counter()
+      learner = self._learner(s, name, rnd - 1)
       feats = loop.featurize_round(
-        self._learner(s, name, rnd - 1),
+        learner,
         selector,
         pool,
         s.target,
         config,
         projector=s.projector,
         layout=self.layout,
+        shared=s.base_features.get(rnd) if learner is s.base else None,
       )
+      if learner is s.base:
+        s.base_features[rnd] = feats
       seconds["featurize"] = time.perf_counter() - t0
       _save_features(feat_path, feats, seconds["featurize"])
 

@@ -3,18 +3,31 @@
 import json
 import pathlib
 
+import numpy as np
+
 from configs import quickstart
-from evoselect_jax import experiment
+from evoselect_jax import experiment, loop
+from evoselect_jax.workdir import Workdir
 
 
-def test_quickstart_smoke_end_to_end(tmp_path: pathlib.Path):
+def test_quickstart_smoke_end_to_end(tmp_path: pathlib.Path, monkeypatch):
   config = quickstart.get_config("smoke")
   config.lock()
   logs = []
+  featurized = []  # candidates=True/False of each gradient featurisation
+  features = loop._features
+  monkeypatch.setattr(
+    loop, "_features", lambda *a, **k: featurized.append(k["candidates"]) or features(*a, **k)
+  )
   rows = experiment.run(config, tmp_path, progress=False, log=logs.append)
 
   methods = list(experiment.methods(config))
   assert methods == ["evoselect", "random"]
+  # Round 1's methods share the base learner's features; later rounds' learners differ.
+  assert featurized == [True, False] * (1 + len(methods) * (config.rounds - 1))
+  saved = [np.load(Workdir(tmp_path).method_dir(0, 1, m) / "features.npz") for m in methods]
+  for name in ("candidates", "candidate_finite", "targets", "target_finite"):
+    np.testing.assert_array_equal(saved[0][name], saved[1][name])
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert lines == rows
   assert {(r["seed"], r["method"], r["round"]) for r in rows} == {
