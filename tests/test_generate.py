@@ -29,7 +29,15 @@ from evoselect_jax.models import (
   load_checkpoint,
   sample_tokens,
 )
-from evoselect_jax.models.generate import decode, encode_batch, generate_completions, prefill
+from evoselect_jax.models.generate import (
+  BUCKETS_PER_OCTAVE,
+  MIN_BUCKET,
+  decode,
+  encode_batch,
+  generate_completions,
+  prefill,
+  prompt_bucket,
+)
 from evoselect_jax.registry import GENERATORS
 from evoselect_jax.types import MCQExample
 
@@ -125,6 +133,20 @@ def test_greedy_equals_argmax_of_full_recompute_and_rows_alone():
   for i, row in enumerate(rows):
     alone = greedy(row[None], np.ones((1, len(row)), bool), lora)
     np.testing.assert_array_equal(got[i], alone[0])
+
+
+def test_prompt_buckets_bound_the_padding_and_the_compiles():
+  lengths = np.arange(1, 5000)
+  buckets = np.array([prompt_bucket(int(n)) for n in lengths])
+  assert (buckets >= lengths).all() and (buckets >= MIN_BUCKET).all()
+  assert (np.diff(buckets) >= 0).all() and (buckets % MIN_BUCKET == 0).all()
+  long = lengths > 4 * MIN_BUCKET  # shorter ones: MIN_BUCKET granules
+  assert ((buckets - lengths)[long] < buckets[long] / BUCKETS_PER_OCTAVE).all()
+  for low in 2 ** np.arange(6, 12):  # lengths in (low, 2 low]: one compile per bucket
+    assert len(set(buckets[(lengths > low) & (lengths <= 2 * low)])) == BUCKETS_PER_OCTAVE
+  assert prompt_bucket(300) == 320 and prompt_bucket(512) == 512 and prompt_bucket(513) == 640
+  with pytest.raises(ValueError, match="at least one token"):
+    prompt_bucket(0)
 
 
 def test_rows_end_at_eos_and_are_filled_after_it():
