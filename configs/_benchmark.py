@@ -90,7 +90,7 @@ def benchmark_config(
       temperature=0.7,
       top_p=0.95,
       # Kept: 49 of 96 with 3 exemplars, 41 of 96 with 2; but 3 put 15% of ARC prompts
-      # over 256 tokens, so nearly every batch pads to 512 (twice the prefill): the
+      # over 256 tokens, so nearly every batch pads to 320 or 384 (prompt_bucket): the
       # cpu and smoke sizes use 2.
       num_shots=3,
       # Prompts decoded together: decoding is bound by reading the weights, so wider
