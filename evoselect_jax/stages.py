@@ -85,9 +85,9 @@ class _Seed:
   key_rounds: jax.Array
   learners: dict[str, loop.Learner | None]  # None: in the checkpoint of the last round
   replay: dict[str, list]
-  # Round -> the base learner's features of that round's pool: every method featurises
-  # with the base learner until its first fine-tuning, so they are computed once.
-  base_features: dict[int, loop.RoundFeatures] = dataclasses.field(default_factory=dict)
+  # Every method featurises round 1's pool with the base learner: computed (or saved by
+  # a method) once, its features serve the others.
+  round1_features: loop.RoundFeatures | None = None
 
 
 class Walk:
@@ -318,19 +318,18 @@ class Walk:
     else:
       self.stages.begin("featurize", where)
       t0 = time.perf_counter()
-      learner = self._learner(s, name, rnd - 1)
       feats = loop.featurize_round(
-        learner,
+        self._learner(s, name, rnd - 1),
         selector,
         pool,
         s.target,
         config,
         projector=s.projector,
         layout=self.layout,
-        shared=s.base_features.get(rnd) if learner is s.base else None,
+        shared=self._round1_features(s) if rnd == 1 else None,
       )
-      if learner is s.base:
-        s.base_features[rnd] = feats
+      if rnd == 1:
+        s.round1_features = feats
       seconds["featurize"] = time.perf_counter() - t0
       _save_features(feat_path, feats, seconds["featurize"])
 
@@ -397,6 +396,16 @@ class Walk:
     s.learners[name] = learner
     s.replay[name].append(selected)
     self.writer.add(row, new=True)
+
+  def _round1_features(self, s: _Seed) -> loop.RoundFeatures | None:
+    """Round 1's features of the base learner: this run's, or a method's saved ones."""
+    if s.round1_features is None:
+      for name in self.names:
+        path = self.workdir.method_dir(s.seed, 1, name) / "features.npz"
+        if path.exists():
+          s.round1_features = _load_features(path)[0]
+          break
+    return s.round1_features
 
   def _check_selection(self, selection: loop.Selection, where: str) -> None:
     """Logs a short selection; applies ``ot_on_nonconvergence``."""

@@ -63,3 +63,15 @@ def test_quickstart_smoke_end_to_end(tmp_path: pathlib.Path, monkeypatch):
   assert again == rows
   assert any("Resuming" in x and "continuing at report" in x for x in logs)
   assert {p: (tmp_path / p).read_bytes() for p in before} == before
+
+  # Random's round 1 from its featurize stage on: it takes evoselect's saved features.
+  mdir = Workdir(tmp_path).method_dir(0, 1, "random")
+  for name in ("row.json", "selection.json", "features.npz"):
+    (mdir / name).unlink()
+  featurized.clear()
+  third = experiment.run(config, tmp_path, progress=False, log=logs.append)
+  assert featurized == []
+  again_saved = np.load(mdir / "features.npz")
+  np.testing.assert_array_equal(again_saved["candidates"], saved[0]["candidates"])
+  no_seconds = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+  assert no_seconds(third) == no_seconds(rows)
